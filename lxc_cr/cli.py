@@ -1,0 +1,143 @@
+"""The ``lxc-cr`` and ``lxc-checkpoint`` command lines (contract: ../shared/contract.md).
+
+Imports of the engine are lazy, so ``--help`` and start-up stay small.  Every LxcCrError
+becomes one ``lxc-cr: error:`` line and its exit code; anything else is a bug and still
+prints one line (with ``--debug`` the traceback too) and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+PROG = "lxc-cr"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one contract line and exit code 2."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{PROG}: error: {message}\n")
+        sys.exit(2)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="more detail")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Checkpoint/restart for LXC and libvirt-LXC containers. "
+                "All commands need root.")
+    _add_common(p)
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    # --- tree -------------------------------------------------------------------------------
+    tree = sub.add_parser("tree", help="checkpoint/restore any process tree")
+    tsub = tree.add_subparsers(dest="tree_cmd", metavar="ACTION", parser_class=_Parser)
+    tsub.required = True
+    d = tsub.add_parser("dump", help="checkpoint the tree rooted at PID into IMAGE")
+    d.add_argument("pid", type=int, metavar="PID")
+    d.add_argument("image", metavar="IMAGE")
+    d.add_argument("--leave-running", action="store_true",
+                   help="resume the tree after the dump instead of killing it")
+    d.add_argument("--progress", action="store_true", help="show a progress bar on a tty")
+    d.add_argument("--print-stats", action="store_true", help="print dump statistics as JSON")
+    d.add_argument("--compress", choices=["zstd"], default=None, help="compress page data")
+    d.add_argument("--compress-level", type=int, default=3, help="zstd level (default 3)")
+    d.add_argument("--tcp-established", action="store_true",
+                   help="checkpoint established TCP connections (TCP_REPAIR)")
+    _add_common(d)
+    r = tsub.add_parser("restore", help="recreate the tree recorded in IMAGE")
+    r.add_argument("image", metavar="IMAGE")
+    r.add_argument("--pidfile", metavar="FILE", help="write the host pid of the root here")
+    r.add_argument("--print-stats", action="store_true", help="print restore statistics as JSON")
+    _add_common(r)
+
+    # --- inspect / check / convert ----------------------------------------------------------
+    i = sub.add_parser("inspect", help="decode an image")
+    i.add_argument("image", metavar="IMAGE")
+    i.add_argument("--json", action="store_true", help="JSON (schemas/inspect.schema.json)")
+    i.add_argument("--section", metavar="KIND", help="only records of this kind")
+    _add_common(i)
+    c = sub.add_parser("check", help="preflight: list what cannot be checkpointed")
+    c.add_argument("target", metavar="TARGET", help="PID, lxc:NAME or libvirt:DOMAIN")
+    _add_common(c)
+    cv = sub.add_parser("convert", help="rewrite an older image as the current format")
+    cv.add_argument("src", metavar="IN")
+    cv.add_argument("dst", metavar="OUT")
+    _add_common(cv)
+    return p
+
+
+def _run(args) -> int:
+    if args.cmd == "tree":
+        from lxc_cr import commands_tree
+        return commands_tree.run(args)
+    if args.cmd == "inspect":
+        from lxc_cr.image import inspect as image_inspect
+        return image_inspect.run(args)
+    if args.cmd == "convert":
+        from lxc_cr.image import convert as image_convert
+        return image_convert.run(args)
+    if args.cmd == "check":
+        from lxc_cr import commands_check
+        return commands_check.run(args)
+    raise AssertionError(args.cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from lxc_cr.errors import LxcCrError
+    try:
+        return _run(args) or 0
+    except LxcCrError as e:
+        if getattr(args, "debug", False):
+            import traceback
+            traceback.print_exc()
+        sys.stderr.write(f"{PROG}: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: error: interrupted\n")
+        return 1
+    except BrokenPipeError:
+        return 1
+    except Exception as e:  # a bug: still one line, never a bare traceback
+        if getattr(args, "debug", False):
+            import traceback
+            traceback.print_exc()
+        sys.stderr.write(f"{PROG}: error: internal error: {type(e).__name__}: {e}\n")
+        return 1
+
+
+def lxc_checkpoint_main(argv: list[str] | None = None) -> int:
+    """``lxc-checkpoint`` with LXC's flags (-n -D -s -r -v -d -F -P)."""
+    p = argparse.ArgumentParser(prog="lxc-checkpoint",
+                                description="Checkpoint and restore LXC containers (lxc-cr engine).")
+    p.add_argument("-n", "--name", required=True, help="container name")
+    p.add_argument("-D", "--checkpoint-dir", required=True, help="checkpoint directory")
+    p.add_argument("-s", "--stop", action="store_true", help="stop the container after checkpoint")
+    p.add_argument("-r", "--restore", action="store_true", help="restore the container")
+    p.add_argument("-v", "--verbose", action="store_true", help="verbose output")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-d", "--daemon", action="store_true", help="restore in the background (default)")
+    g.add_argument("-F", "--foreground", action="store_true", help="restore in the foreground")
+    p.add_argument("-P", "--lxcpath", default=None, help="LXC path")
+    args = p.parse_args(argv)
+    from lxc_cr.errors import LxcCrError
+    try:
+        from lxc_cr.runtime import lxc as lxc_runtime
+        return lxc_runtime.lxc_checkpoint(args) or 0
+    except LxcCrError as e:
+        sys.stderr.write(f"{PROG}: error: {args.name}: {e}\n")
+        return e.exit_code
+    except ImportError as e:
+        sys.stderr.write(f"{PROG}: error: LXC support unavailable: {e}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The record-kind table: the one place that maps each record tag to its declaration.
+
+Each resource module declares its own construct Struct and registers it here with
+``record_kind(tag, name, struct)``.  The image writer builds records with that struct, the
+reader parses them with it, and ``inspect`` names them by it.  A tag that is not in the
+table decodes to raw bytes, so inspect and re-encoding keep it.
+
+Tag ranges (keep them grouped by resource):
+    0x00xx image-level (stats, source config, ...)
+    0x01xx task identity, creds, rlimits, mm, signals
+    0x011x threads and registers
+    0x02xx memory
+    0x03xx file descriptors and file-like objects
+    0x04xx namespaces
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import construct as cs
+
+
+@dataclass(frozen=True)
+class RecordKind:
+    tag: int
+    name: str
+    struct: cs.Construct
+    doc: str = ""
+    # version of this record's layout; bump and add a migration in image/migrate.py
+    version: int = 1
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def build(self, obj) -> bytes:
+        return self.struct.build(obj)
+
+    def parse(self, data: bytes):
+        return self.struct.parse(data)
+
+
+_BY_TAG: dict[int, RecordKind] = {}
+_BY_NAME: dict[str, RecordKind] = {}
+
+
+def record_kind(tag: int, name: str, struct: cs.Construct, doc: str = "") -> RecordKind:
+    """Register a record kind; a tag or a name may be registered only once."""
+    if not 0 < tag < 0x10000:
+        raise ValueError(f"record tag {tag:#x} out of range")
+    old = _BY_TAG.get(tag)
+    if old is not None and old.name != name:
+        raise ValueError(f"record tag {tag:#x} already used by {old.name}")
+    if name in _BY_NAME and _BY_NAME[name].tag != tag:
+        raise ValueError(f"record name {name} already used by tag {_BY_NAME[name].tag:#x}")
+    kind = RecordKind(tag, name, struct, doc)
+    _BY_TAG[tag] = kind
+    _BY_NAME[name] = kind
+    return kind
+
+
+def by_tag(tag: int) -> RecordKind | None:
+    load_all()
+    return _BY_TAG.get(tag)
+
+
+def by_name(name: str) -> RecordKind | None:
+    load_all()
+    return _BY_NAME.get(name)
+
+
+def all_kinds() -> list[RecordKind]:
+    load_all()
+    return sorted(_BY_TAG.values(), key=lambda k: k.tag)
+
+
+# Modules that declare record kinds.  Importing them registers their records.
+RECORD_MODULES = (
+    "lxc_cr.resources.task",
+    "lxc_cr.resources.creds",
+    "lxc_cr.resources.signals",
+    "lxc_cr.resources.threads",
+    "lxc_cr.resources.memory_records",
+    "lxc_cr.resources.files_records",
+    "lxc_cr.resources.ns_records",
+)
+
+_loaded = False
+
+
+def load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import importlib
+    for mod in RECORD_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:  # a module not written yet
+            if e.name != mod:
+                raise
