@@ -1,0 +1,189 @@
+"""The image file layout, declared once in construct (used to parse, build and document it).
+
+One file per checkpoint::
+
+    offset 0            header          HEADER_SIZE bytes, its own crc32
+    HEADER_SIZE ...     records         framed: tag u16, length u32, payload, crc32
+                        data blocks     4 KiB aligned, between records, referenced by BlockRef
+    index_offset        index           (tag, offset, length) of every record + crc32
+    end - TRAILER_SIZE  trailer         index offset/length, crc32, end magic
+
+The writer sets the INCOMPLETE header flag while writing and clears it in the final header
+rewrite, just before fsync and rename; readers refuse an image that has it set.
+
+Format versions (one dispatch table, ``FORMATS``; migrations in ``migrate.py``):
+
+* v1: header without the CPU/vdso fields (xcr0, vdso_size, vdso_hash); index entries
+  without the record length (tag, offset).
+* v2 (current): header with xcr0, vdso_size, vdso_hash; index entries (tag, offset, length).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import construct as cs
+from construct import this
+
+MAGIC = b"LXCCRIMG"
+END_MAGIC = b"LXCCREND"
+CURRENT_VERSION = 2
+HEADER_SIZE = 512
+BLOCK_ALIGN = 4096
+
+FLAG_INCOMPLETE = 0x1
+KNOWN_FLAGS = FLAG_INCOMPLETE
+FLAG_NAMES = {FLAG_INCOMPLETE: "INCOMPLETE"}
+
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+CODECS = {CODEC_RAW: "raw", CODEC_ZSTD: "zstd"}
+CODEC_BY_NAME = {v: k for k, v in CODECS.items()}
+
+SOURCE_KINDS = {"tree": 0, "lxc": 1, "libvirt": 2}
+SourceKind = cs.Enum(cs.Int8ul, **SOURCE_KINDS)
+
+
+def _crc(data: bytes) -> int:
+    return zlib.crc32(data)
+
+
+def align_up(n: int, a: int = BLOCK_ALIGN) -> int:
+    return (n + a - 1) // a * a
+
+
+# --- header -----------------------------------------------------------------------------
+
+# Read first, whatever the version: decides which header layout follows.
+Preamble = cs.Struct(
+    "magic" / cs.Bytes(8),
+    "version" / cs.Int16ul,
+)
+PREAMBLE_SIZE = Preamble.sizeof()
+
+HeaderFieldsV1 = cs.Struct(
+    "magic" / cs.Const(MAGIC),
+    "version" / cs.Int16ul,
+    "flags" / cs.Int32ul,                        # bit 0 INCOMPLETE
+    "created" / cs.Int64ul,                      # unix time, ns
+    "kernel" / cs.PascalString(cs.Int8ul, "utf8"),   # uname -r of the dumping host
+    "arch" / cs.PascalString(cs.Int8ul, "utf8"),     # uname -m, e.g. x86_64
+    "source_kind" / SourceKind,
+    "source_name" / cs.PascalString(cs.Int16ul, "utf8"),
+    "index_offset" / cs.Int64ul,                 # 0 until the commit
+)
+
+HeaderFieldsV2 = cs.Struct(
+    "magic" / cs.Const(MAGIC),
+    "version" / cs.Int16ul,
+    "flags" / cs.Int32ul,                        # bit 0 INCOMPLETE
+    "created" / cs.Int64ul,                      # unix time, ns
+    "kernel" / cs.PascalString(cs.Int8ul, "utf8"),   # uname -r of the dumping host
+    "arch" / cs.PascalString(cs.Int8ul, "utf8"),     # uname -m, e.g. x86_64
+    "xcr0" / cs.Int64ul,                         # XCR0 of the dumping CPU (xsave features)
+    "vdso_size" / cs.Int64ul,
+    "vdso_hash" / cs.Bytes(32),                  # sha256 of the dumping host's vdso
+    "source_kind" / SourceKind,
+    "source_name" / cs.PascalString(cs.Int16ul, "utf8"),
+    "index_offset" / cs.Int64ul,                 # 0 until the commit
+)
+
+
+def _header(fields: cs.Construct) -> cs.Construct:
+    # The fields, zero padded to HEADER_SIZE - 4, then the crc32 of those HEADER_SIZE - 4 bytes.
+    return cs.Struct(
+        "fields" / cs.RawCopy(cs.FixedSized(HEADER_SIZE - 4, fields)),
+        "crc32" / cs.Checksum(cs.Int32ul, _crc, this.fields.data),
+    )
+
+
+HeaderV1 = _header(HeaderFieldsV1)
+HeaderV2 = _header(HeaderFieldsV2)
+HEADER_CRC_OFFSET = HEADER_SIZE - 4
+
+# --- records ----------------------------------------------------------------------------
+
+RecordFrame = cs.Struct(
+    "body" / cs.RawCopy(cs.Struct(
+        "tag" / cs.Int16ul,
+        "payload" / cs.Prefixed(cs.Int32ul, cs.GreedyBytes),   # the kind's struct, built
+    )),
+    "crc32" / cs.Checksum(cs.Int32ul, _crc, this.body.data),   # of tag, length and payload
+)
+FRAME_OVERHEAD = 2 + 4 + 4
+
+
+def frame_record(tag: int, payload: bytes) -> bytes:
+    return RecordFrame.build(dict(body=dict(value=dict(tag=tag, payload=payload))))
+
+
+# --- index and trailer --------------------------------------------------------------------
+
+IndexEntryV1 = cs.Struct(
+    "tag" / cs.Int16ul,
+    "offset" / cs.Int64ul,
+)
+IndexEntryV2 = cs.Struct(
+    "tag" / cs.Int16ul,
+    "offset" / cs.Int64ul,        # of the record frame
+    "length" / cs.Int32ul,        # of the whole frame
+)
+
+
+def _index(entry: cs.Construct) -> cs.Construct:
+    return cs.Struct(
+        "entries" / cs.RawCopy(cs.PrefixedArray(cs.Int32ul, entry)),
+        "crc32" / cs.Checksum(cs.Int32ul, _crc, this.entries.data),
+    )
+
+
+IndexV1 = _index(IndexEntryV1)
+IndexV2 = _index(IndexEntryV2)
+
+Trailer = cs.Struct(
+    "fields" / cs.RawCopy(cs.Struct(
+        "index_offset" / cs.Int64ul,
+        "index_length" / cs.Int64ul,
+    )),
+    "crc32" / cs.Checksum(cs.Int32ul, _crc, this.fields.data),
+    "magic" / cs.Const(END_MAGIC),
+)
+TRAILER_SIZE = Trailer.sizeof()
+
+
+@dataclass(frozen=True)
+class Format:
+    """Everything that differs between format versions: the one dispatch point."""
+    version: int
+    header: cs.Construct
+    header_fields: cs.Construct
+    index: cs.Construct
+    index_entry: cs.Construct
+    entry_has_length: bool
+
+
+FORMATS = {
+    1: Format(1, HeaderV1, HeaderFieldsV1, IndexV1, IndexEntryV1, False),
+    2: Format(2, HeaderV2, HeaderFieldsV2, IndexV2, IndexEntryV2, True),
+}
+CURRENT = FORMATS[CURRENT_VERSION]
+
+HEADER_FIELD_NAMES = ("version", "flags", "created", "kernel", "arch", "xcr0", "vdso_size",
+                      "vdso_hash", "source_kind", "source_name", "index_offset")
+
+
+def build_header(fmt: Format, fields: dict) -> bytes:
+    """Build a HEADER_SIZE header; ``fields`` as in the Format's header_fields (no magic)."""
+    value = {k: v for k, v in fields.items() if k != "magic"}
+    value["version"] = fmt.version
+    return fmt.header.build(dict(fields=dict(value=value)))
+
+
+def build_index(fmt: Format, entries: list) -> bytes:
+    return fmt.index.build(dict(entries=dict(value=entries)))
+
+
+def build_trailer(index_offset: int, index_length: int) -> bytes:
+    return Trailer.build(dict(fields=dict(value=dict(index_offset=index_offset,
+                                                     index_length=index_length))))

@@ -1,0 +1,404 @@
+"""ImageReader: open, check and decode an image; read its data blocks.
+
+Every problem with the file (bad magic, empty, truncated, bad checksum, bad length, unknown
+codec, index pointing outside the file, construct or zstd errors, huge lengths) ends in
+``ImageError(path, what, offset)``.  Lengths are checked against the file size before
+anything is read or allocated, and records are parsed from bytes already read, never from a
+stream that could be asked for a corrupt length.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import construct as cs
+
+from lxc_cr.errors import ImageError
+from lxc_cr.image import format as F
+from lxc_cr.image import kinds as K
+from lxc_cr.image import migrate
+
+_RUN_MAX = 1 << 20          # coalesce adjacent records into reads of up to this many bytes
+_CHUNK = 1 << 22            # block reads for checksumming / decompression
+_ZSTD_MAX_RATIO = 1 << 16   # a block never decompresses to more than this times its size
+_OUT_CHUNK = 1 << 20
+_DECODE_ERRORS = (cs.ConstructError, UnicodeError, ValueError, OverflowError, KeyError,
+                  TypeError, IndexError)
+
+
+class _Region:
+    """A file-like view of [offset, offset+length) that checksums what is read."""
+
+    def __init__(self, reader: "ImageReader", offset: int, length: int):
+        self.reader, self.pos, self.left, self.crc = reader, offset, length, 0
+
+    def read(self, size: int = -1) -> bytes:
+        n = self.left if size is None or size < 0 else min(size, self.left)
+        if n <= 0:
+            return b""
+        data = self.reader.pread(n, self.pos)
+        self.pos += n
+        self.left -= n
+        self.crc = zlib.crc32(data, self.crc)
+        return data
+
+
+class RawRecord(bytes):
+    """The payload of a record whose tag is not in the kind table; keeps its tag."""
+
+    tag: int
+
+    def __new__(cls, tag: int, payload: bytes):
+        obj = super().__new__(cls, payload)
+        obj.tag = tag
+        return obj
+
+    def __repr__(self):
+        return f"RawRecord(tag={self.tag:#06x}, {bytes(self)!r})"
+
+
+_STRICT: dict[int, cs.Construct] = {}
+
+
+def _strict(kind: K.RecordKind) -> cs.Construct:
+    """kind.struct that must consume the whole payload (else re-encoding would lose bytes)."""
+    s = _STRICT.get(kind.tag)
+    if s is None or s is not kind.struct:
+        s = _STRICT[kind.tag] = cs.FocusedSeq("v", "v" / kind.struct, cs.Terminated)
+    return s
+
+
+def _kind_arg(kind) -> K.RecordKind | None:
+    if kind is None or isinstance(kind, K.RecordKind):
+        return kind
+    found = K.by_name(kind) if isinstance(kind, str) else K.by_tag(kind)
+    if found is None:
+        raise KeyError(f"unknown record kind {kind!r}")
+    return found
+
+
+def iter_block_refs(obj):
+    """Every BlockRef (as a Container) in a parsed record."""
+    if isinstance(obj, dict):
+        if all(k in obj for k in ("offset", "length", "stored", "codec", "crc32")):
+            yield obj
+            return
+        for k, v in obj.items():
+            if not k.startswith("_"):
+                yield from iter_block_refs(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from iter_block_refs(v)
+
+
+class ImageReader:
+    """Read one image.  See the module docstring and docs/image-format.md."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self._fd = -1
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            self.size = os.fstat(self._fd).st_size
+        except OSError as e:
+            self.close()
+            raise ImageError(self.path, f"cannot open: {e.strerror}") from None
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def error(self, what: str, offset: int | None = None, section: str | None = None):
+        return ImageError(self.path, what, offset, section=section)
+
+    def pread(self, length: int, offset: int) -> bytes:
+        """Exactly ``length`` bytes at ``offset`` (checked against the file size first)."""
+        if length < 0 or offset < 0 or offset + length > self.size:
+            raise self.error(f"truncated: {length} bytes needed past end of file "
+                             f"({self.size} bytes)", offset)
+        parts = []
+        got = 0
+        try:
+            while got < length:
+                data = os.pread(self._fd, min(length - got, 1 << 30), offset + got)
+                if not data:
+                    raise self.error("truncated: file shrank while reading", offset + got)
+                parts.append(data)
+                got += len(data)
+        except OSError as e:
+            raise self.error(f"read error: {e.strerror}", offset + got) from None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    # --- open: header, trailer, index --------------------------------------------------
+
+    def _open(self) -> None:
+        if self.size == 0:
+            raise self.error("empty file, not an lxc-cr image", 0)
+        pre = self.pread(min(self.size, F.PREAMBLE_SIZE), 0)
+        if len(pre) < F.PREAMBLE_SIZE or pre[:8] != F.MAGIC:
+            raise self.error("not an lxc-cr image (bad magic)", 0)
+        version = F.Preamble.parse(pre).version
+        if version > F.CURRENT_VERSION:
+            raise self.error(f"format version {version} is newer than supported "
+                             f"{F.CURRENT_VERSION}", 8)
+        fmt = F.FORMATS.get(version)
+        if fmt is None:
+            raise self.error(f"unknown format version {version}", 8)
+        self.format = fmt
+        if self.size < F.HEADER_SIZE:
+            raise self.error(f"truncated header ({self.size} of {F.HEADER_SIZE} bytes)",
+                             self.size)
+        raw = self.pread(F.HEADER_SIZE, 0)
+        try:
+            hdr = fmt.header.parse(raw)
+        except cs.ChecksumError:
+            raise self.error("header checksum mismatch", F.HEADER_CRC_OFFSET) from None
+        except _DECODE_ERRORS as e:
+            raise self.error(f"bad header: {_short(e)}", 0) from None
+        fields = hdr.fields.value
+        if fields.flags & F.FLAG_INCOMPLETE:
+            raise self.error("image is incomplete (INCOMPLETE flag set: its writer did not "
+                             "finish)", 10)
+        if fields.flags & ~F.KNOWN_FLAGS:
+            raise self.error(f"unknown header flags {fields.flags:#x}", 10)
+        self.header = migrate.header_to_current(fields)
+        self._read_index(fmt)
+
+    def _read_index(self, fmt: F.Format) -> None:
+        end = self.size - F.TRAILER_SIZE
+        if end < F.HEADER_SIZE:
+            raise self.error("truncated: no room for the trailer", self.size)
+        try:
+            tr = F.Trailer.parse(self.pread(F.TRAILER_SIZE, end))
+        except cs.ChecksumError:
+            raise self.error("trailer checksum mismatch (truncated or corrupt)", end) from None
+        except _DECODE_ERRORS:
+            raise self.error("no trailer (truncated or corrupt image)", end) from None
+        ioff, ilen = tr.fields.value.index_offset, tr.fields.value.index_length
+        if ioff != self.header.index_offset:
+            raise self.error(f"trailer index offset {ioff} differs from the header's "
+                             f"{self.header.index_offset}", end)
+        if ioff < F.HEADER_SIZE or ioff + ilen != end:
+            raise self.error(f"index ({ioff}+{ilen}) does not end at the trailer", end)
+        self.index_offset = ioff
+        try:
+            idx = fmt.index.parse(self.pread(ilen, ioff))
+        except cs.ChecksumError:
+            raise self.error("index checksum mismatch", ioff) from None
+        except _DECODE_ERRORS as e:
+            raise self.error(f"bad index: {_short(e)}", ioff) from None
+        entries = idx.entries.value
+        if len(idx.entries.data) + 4 != ilen:
+            raise self.error("index length mismatch", ioff)
+        if not fmt.entry_has_length:
+            entries = migrate.index_entries_v1_to_v2(entries, self._frame_length, ioff)
+        prev_end = F.HEADER_SIZE
+        for e in entries:
+            if e.offset < prev_end or e.length < F.FRAME_OVERHEAD or \
+                    e.offset + e.length > ioff:
+                raise self.error(f"index entry (tag {e.tag:#06x}, offset {e.offset}, length "
+                                 f"{e.length}) points outside the records area", ioff)
+            prev_end = e.offset + e.length
+        self.index = [(e.tag, e.offset, e.length) for e in entries]
+
+    def _frame_length(self, offset: int, limit: int) -> int:
+        """Length of the record frame at ``offset`` from its own length field (v1 index)."""
+        if offset < F.HEADER_SIZE or offset + 6 > limit:
+            raise self.error("index entry points outside the records area", offset)
+        n = int.from_bytes(self.pread(4, offset + 2), "little") + F.FRAME_OVERHEAD
+        if offset + n > limit:
+            raise self.error(f"record length {n} runs past the records area", offset)
+        return n
+
+    # --- records -----------------------------------------------------------------------
+
+    def _runs(self, entries):
+        """Group adjacent index entries into single reads of at most _RUN_MAX bytes."""
+        run: list = []
+        for ent in entries:
+            if run and (ent[1] != run[-1][1] + run[-1][2] or
+                        ent[1] + ent[2] - run[0][1] > _RUN_MAX):
+                yield run
+                run = []
+            run.append(ent)
+        if run:
+            yield run
+
+    def raw_records(self, kind=None):
+        """(tag, offset, payload bytes) of each record, checksums verified; index order."""
+        kind = _kind_arg(kind)
+        entries = self.index if kind is None else [e for e in self.index if e[0] == kind.tag]
+        for run in self._runs(entries):
+            start = run[0][1]
+            data = self.pread(run[-1][1] + run[-1][2] - start, start)
+            for tag, off, length in run:
+                frame = data[off - start:off - start + length]
+                try:
+                    fr = F.RecordFrame.parse(frame)
+                except cs.ChecksumError:
+                    raise self.error(f"record checksum mismatch (tag {tag:#06x})", off,
+                                     _name(tag)) from None
+                except _DECODE_ERRORS as e:
+                    raise self.error(f"bad record frame: {_short(e)}", off, _name(tag)) from None
+                if fr.body.value.tag != tag or fr.body.length + 4 != length:
+                    raise self.error(f"record frame (tag {fr.body.value.tag:#06x}, length "
+                                     f"{fr.body.length + 4}) does not match its index entry "
+                                     f"(tag {tag:#06x}, length {length})", off, _name(tag))
+                yield tag, off, fr.body.value.payload
+
+    def decode(self, tag: int, payload: bytes, offset: int | None = None):
+        """(kind, obj) of one record payload; unknown tags give (None, RawRecord)."""
+        kind = K.by_tag(tag)
+        if kind is None:
+            return None, RawRecord(tag, payload)
+        try:
+            obj = _strict(kind).parse(payload)
+        except _DECODE_ERRORS as e:
+            raise self.error(f"bad {kind.name} record: {_short(e)}", offset, kind.name) from None
+        return kind, migrate.record_to_current(kind, obj, self.format.version)
+
+    def records(self, kind=None):
+        """(kind, obj) of every record (or only of ``kind``: RecordKind, name or tag)."""
+        for tag, off, payload in self.raw_records(kind):
+            yield self.decode(tag, payload, off)
+
+    def records_with_offsets(self, kind=None):
+        """(offset, kind, obj) of every record, in file order."""
+        for tag, off, payload in self.raw_records(kind):
+            k, obj = self.decode(tag, payload, off)
+            yield off, k, obj
+
+    def verify(self) -> None:
+        """Check every record (checksum, decoding) and every data block (bounds, crc32,
+        codec, decompressed length).  Restore calls this before creating any process."""
+        seen = set()
+        for off, _kind, obj in self.records_with_offsets():
+            for ref in iter_block_refs(obj):
+                key = (ref["offset"], ref["stored"], ref["crc32"], ref["codec"], ref["length"])
+                if key in seen:
+                    continue
+                seen.add(key)
+                self._check_ref(ref)
+                if ref["codec"] == F.CODEC_RAW:
+                    self._stored_crc(ref)
+                else:
+                    for _ in self._zstd_chunks(ref):
+                        pass
+
+    # --- blocks ------------------------------------------------------------------------
+
+    def _check_ref(self, ref) -> None:
+        off, length, stored, codec = ref["offset"], ref["length"], ref["stored"], ref["codec"]
+        if codec not in F.CODECS:
+            raise self.error(f"unknown block codec {codec}", off, "block")
+        if off % F.BLOCK_ALIGN or off < F.HEADER_SIZE or off + stored > self.index_offset:
+            raise self.error(f"block (offset {off}, {stored} bytes) outside the data area",
+                             off, "block")
+        if codec == F.CODEC_RAW and stored != length:
+            raise self.error(f"raw block stored length {stored} differs from length {length}",
+                             off, "block")
+        if codec == F.CODEC_ZSTD and length > max(stored, 1) * _ZSTD_MAX_RATIO:
+            raise self.error(f"zstd block length {length} is implausible for {stored} stored "
+                             "bytes", off, "block")
+
+    def _stored_crc(self, ref, chunk_cb=None) -> None:
+        off, stored = ref["offset"], ref["stored"]
+        crc = 0
+        pos = 0
+        while pos < stored:
+            data = self.pread(min(_CHUNK, stored - pos), off + pos)
+            crc = zlib.crc32(data, crc)
+            if chunk_cb:
+                chunk_cb(data)
+            pos += len(data)
+        if crc != ref["crc32"]:
+            raise self.error(f"block checksum mismatch ({crc:#010x}, expected "
+                             f"{ref['crc32']:#010x})", off, "block")
+
+    def _zstd_chunks(self, ref):
+        """Decompressed chunks (at most _OUT_CHUNK bytes each) of a zstd block; the stored
+        crc32 is computed on the way and checked at the end."""
+        import zstandard
+        src = _Region(self, ref["offset"], ref["stored"])
+        total = 0
+        try:
+            for out in zstandard.ZstdDecompressor().read_to_iter(
+                    src, read_size=1 << 17, write_size=_OUT_CHUNK):
+                total += len(out)
+                if total > ref["length"]:
+                    break
+                yield out
+        except zstandard.ZstdError as e:
+            raise self.error(f"zstd block: {e}", ref["offset"], "block") from None
+        while src.read(_CHUNK):   # the rest of the stored bytes, for the crc
+            pass
+        if src.crc != ref["crc32"]:
+            raise self.error(f"block checksum mismatch ({src.crc:#010x}, expected "
+                             f"{ref['crc32']:#010x})", ref["offset"], "block")
+        if total != ref["length"]:
+            raise self.error(f"zstd block decompresses to {'more than ' if total > ref['length'] else ''}"
+                             f"{total} bytes, expected {ref['length']}", ref["offset"], "block")
+
+    def read_block(self, ref, check: bool = True) -> bytes:
+        """The (decompressed) bytes of the block ``ref`` (a BlockRef Container or dict)."""
+        self._check_ref(ref)
+        if ref["codec"] == F.CODEC_RAW:
+            data = self.pread(ref["stored"], ref["offset"])
+            if check and zlib.crc32(data) != ref["crc32"]:
+                raise self.error("block checksum mismatch", ref["offset"], "block")
+            return data
+        return b"".join(self._zstd_chunks(ref))
+
+    def read_block_into(self, ref, buf, check: bool = True) -> int:
+        """Read the block into the writable buffer ``buf`` (raw: os.preadv straight in)."""
+        self._check_ref(ref)
+        mv = memoryview(buf).cast("B")
+        length = ref["length"]
+        if mv.nbytes < length:
+            raise ValueError(f"buffer of {mv.nbytes} bytes for a block of {length}")
+        mv = mv[:length]
+        if ref["codec"] == F.CODEC_RAW:
+            got = 0
+            try:
+                while got < length:
+                    n = os.preadv(self._fd, [mv[got:]], ref["offset"] + got)
+                    if n <= 0:
+                        raise self.error("truncated block", ref["offset"] + got, "block")
+                    got += n
+            except OSError as e:
+                raise self.error(f"read error: {e.strerror}", ref["offset"], "block") from None
+            if check and zlib.crc32(mv) != ref["crc32"]:
+                raise self.error("block checksum mismatch", ref["offset"], "block")
+            return length
+        pos = 0
+        for out in self._zstd_chunks(ref):
+            mv[pos:pos + len(out)] = out
+            pos += len(out)
+        return length
+
+
+def _name(tag: int) -> str:
+    k = K.by_tag(tag)
+    return k.name if k else f"tag {tag:#06x}"
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return (text[-1] if text else type(e).__name__)[:200]

@@ -1,0 +1,289 @@
+"""ImageWriter: stream records and data blocks into one image file, commit atomically.
+
+The file is written as ``.NAME.tmp-PID`` in the target directory (mode 0600 from creation),
+with the INCOMPLETE header flag set.  Leaving the ``with`` block normally writes the index
+and trailer, rewrites the header without INCOMPLETE, fsyncs the file, renames it to PATH and
+fsyncs the directory.  Leaving it by an exception unlinks the temporary file: no file named
+PATH is created or modified.
+
+Records are buffered (they are small) and flushed in order; data blocks go straight to the
+file with ``os.pwritev`` at 4 KiB aligned offsets, never joined or held.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+
+from lxc_cr.errors import ImageError, OperationFailed
+from lxc_cr.image import format as F
+from lxc_cr.image.kinds import RecordKind
+
+_FLUSH_AT = 1 << 20
+_IOV_MAX = 1024
+
+
+def _buffers(data) -> list[memoryview]:
+    if isinstance(data, (list, tuple)):
+        views = [memoryview(b) for b in data]
+    else:
+        views = [memoryview(data)]
+    return [v if (v.format == "B" and v.ndim == 1 and v.c_contiguous) else v.cast("B")
+            for v in views]
+
+
+def pwritev_all(fd: int, views: list[memoryview], offset: int) -> int:
+    """Write every buffer at ``offset`` (handles IOV_MAX and short writes); returns bytes."""
+    total = 0
+    i = 0
+    views = [v for v in views if v.nbytes]
+    while i < len(views):
+        batch = views[i:i + _IOV_MAX]
+        n = os.pwritev(fd, batch, offset)
+        offset += n
+        total += n
+        # skip fully written buffers, trim a partly written one
+        while n and i < len(views):
+            if n >= views[i].nbytes:
+                n -= views[i].nbytes
+                i += 1
+            else:
+                views[i] = views[i][n:]
+                n = 0
+    return total
+
+
+class ImageWriter:
+    """Write one image.  See the module docstring and docs/image-format.md."""
+
+    def __init__(self, path, source_kind: str = "tree", source_name: str = "",
+                 compress: str | None = None, level: int = 3, xcr0: int = 0,
+                 vdso_size: int = 0, vdso_hash: bytes = b"\0" * 32,
+                 kernel: str | None = None, arch: str | None = None,
+                 created: int | None = None):
+        self.path = os.fspath(path)
+        if source_kind not in F.SOURCE_KINDS:
+            raise ImageError(self.path, f"unknown source kind {source_kind!r}")
+        if compress not in (None, "zstd"):
+            raise ImageError(self.path, f"unknown compression {compress!r}")
+        if len(vdso_hash) != 32:
+            raise ImageError(self.path, "vdso_hash must be 32 bytes")
+        u = os.uname()
+        self.fields = dict(
+            flags=F.FLAG_INCOMPLETE,
+            created=time.time_ns() if created is None else created,
+            kernel=u.release if kernel is None else kernel,
+            arch=u.machine if arch is None else arch,
+            xcr0=xcr0, vdso_size=vdso_size, vdso_hash=bytes(vdso_hash),
+            source_kind=source_kind, source_name=str(source_name), index_offset=0)
+        self.compress = compress
+        self.level = level
+        self._cctx = None
+        if compress == "zstd":
+            import zstandard
+            self._cctx = zstandard.ZstdCompressor(level=level)
+        d, base = os.path.split(os.path.abspath(self.path))
+        self._dir = d
+        self.tmp_path = os.path.join(d, f".{base}.tmp-{os.getpid()}")
+        self._fd = -1
+        self._pos = F.HEADER_SIZE        # end of everything written or reserved
+        self._buf = bytearray()           # pending records
+        self._buf_off = F.HEADER_SIZE     # file offset of _buf[0]
+        self._index: list[dict] = []
+        self.stats = dict(records=0, record_bytes=0, blocks=0, block_bytes=0, stored_bytes=0)
+        # fail early on fields that do not fit the header
+        try:
+            F.build_header(F.CURRENT, self.fields)
+        except Exception as e:  # construct errors: field too long for the header
+            raise ImageError(self.path, f"header fields do not fit: {e}") from None
+
+    # --- context manager -----------------------------------------------------------------
+
+    def __enter__(self):
+        self.open()
+        return self
+
+    def __exit__(self, et, ev, tb):
+        if et is None:
+            self.commit()
+        else:
+            self.abort()
+        return False
+
+    def _oserror(self, op: str, e: OSError):
+        return OperationFailed(f"{self.path}: {op}: {e.strerror or e}", path=self.path,
+                               errno=e.errno, op=op)
+
+    def open(self) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            try:
+                self._fd = os.open(self.tmp_path, flags, 0o600)
+            except FileExistsError:   # left by a crashed writer with our pid
+                os.unlink(self.tmp_path)
+                self._fd = os.open(self.tmp_path, flags, 0o600)
+            os.fchmod(self._fd, 0o600)
+            self._pwrite(F.build_header(F.CURRENT, self.fields), 0)
+        except OSError as e:
+            self.abort()
+            raise self._oserror("create", e) from None
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def _pwrite(self, data, offset: int) -> None:
+        pwritev_all(self._fd, [memoryview(data)], offset)
+
+    # --- records -------------------------------------------------------------------------
+
+    def add(self, kind: RecordKind | None, obj) -> None:
+        """Append one record of ``kind`` (obj: dict/Container for kind.struct).
+
+        ``kind=None`` with a RawRecord (from ImageReader.records) re-adds an unknown record.
+        """
+        if kind is None:
+            self.add_raw(obj.tag, bytes(obj))
+            return
+        self.add_raw(kind.tag, kind.build(obj))
+
+    def add_raw(self, tag: int, payload: bytes) -> None:
+        """Append one record whose payload is already built."""
+        frame = F.frame_record(tag, payload)
+        off = self._buf_off + len(self._buf)
+        self._buf += frame
+        self._index.append(dict(tag=tag, offset=off, length=len(frame)))
+        self._pos = off + len(frame)
+        self.stats["records"] += 1
+        self.stats["record_bytes"] += len(frame)
+        if len(self._buf) >= _FLUSH_AT:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buf:
+            try:
+                self._pwrite(self._buf, self._buf_off)
+            except OSError as e:
+                raise self._oserror("write", e) from None
+            self._buf_off += len(self._buf)
+            self._buf = bytearray()
+
+    def _start_block(self) -> int:
+        # records after a block are buffered from the block's end
+        self._flush()
+        off = F.align_up(self._pos)
+        return off
+
+    # --- blocks --------------------------------------------------------------------------
+
+    def write_block(self, data) -> dict:
+        """Write a data block (bytes-like or a list of them, not joined); returns a BlockRef."""
+        views = _buffers(data)
+        length = sum(v.nbytes for v in views)
+        crc = 0
+        codec = F.CODEC_RAW
+        stored_views = views
+        if self._cctx is not None and length:
+            co = self._cctx.compressobj(size=length)
+            chunks = [co.compress(v) for v in views]
+            chunks.append(co.flush())
+            chunks = [c for c in chunks if c]
+            if sum(len(c) for c in chunks) < length:
+                codec = F.CODEC_ZSTD
+                stored_views = [memoryview(c) for c in chunks]
+        for v in stored_views:
+            crc = zlib.crc32(v, crc)
+        stored = sum(v.nbytes for v in stored_views)
+        off = self._start_block()
+        try:
+            pwritev_all(self._fd, stored_views, off)
+        except OSError as e:
+            raise self._oserror("write block", e) from None
+        self._pos = off + stored
+        self._buf_off = self._pos
+        self._count_block(length, stored)
+        return dict(offset=off, length=length, stored=stored, codec=codec, crc32=crc)
+
+    def reserve_block(self, length: int) -> int:
+        """Reserve an aligned region for ``length`` raw bytes the caller writes to fileno()."""
+        if length < 0:
+            raise ValueError("negative block length")
+        off = self._start_block()
+        self._pos = off + length
+        self._buf_off = self._pos
+        return off
+
+    def finish_block(self, offset: int, length: int, crc32: int) -> dict:
+        """The BlockRef of a reserved block the caller has written (codec raw)."""
+        self._count_block(length, length)
+        return dict(offset=offset, length=length, stored=length, codec=F.CODEC_RAW, crc32=crc32)
+
+    def copy_block(self, src_fd: int, ref) -> dict:
+        """Copy a block's stored bytes from another image as they are (same codec, crc)."""
+        stored = ref["stored"]
+        off = self.reserve_block(stored)
+        src, dst, left = ref["offset"], off, stored
+        try:
+            while left:
+                n = min(left, 1 << 24)
+                data = os.pread(src_fd, n, src)
+                if not data:
+                    raise ImageError(self.path, "source block truncated", src)
+                self._pwrite(data, dst)
+                src += len(data)
+                dst += len(data)
+                left -= len(data)
+        except OSError as e:
+            raise self._oserror("copy block", e) from None
+        self._count_block(ref["length"], stored)
+        return dict(offset=off, length=ref["length"], stored=stored, codec=ref["codec"],
+                    crc32=ref["crc32"])
+
+    def _count_block(self, length: int, stored: int) -> None:
+        self.stats["blocks"] += 1
+        self.stats["block_bytes"] += length
+        self.stats["stored_bytes"] += stored
+
+    # --- commit / abort ------------------------------------------------------------------
+
+    def commit(self) -> None:
+        try:
+            self._flush()
+            index_off = self._pos
+            index = F.build_index(F.CURRENT, self._index)
+            trailer = F.build_trailer(index_off, len(index))
+            self._pwrite(index + trailer, index_off)
+            os.ftruncate(self._fd, index_off + len(index) + len(trailer))
+            self.fields.update(flags=self.fields["flags"] & ~F.FLAG_INCOMPLETE,
+                               index_offset=index_off)
+            self._pwrite(F.build_header(F.CURRENT, self.fields), 0)
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            os.rename(self.tmp_path, self.path)
+        except OSError as e:
+            self.abort()
+            raise self._oserror("commit", e) from None
+        except BaseException:
+            self.abort()
+            raise
+        try:
+            dfd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            raise self._oserror("fsync directory", e) from None
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
+        try:
+            os.unlink(self.tmp_path)
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,185 @@
+"""ImageWriter / ImageReader: records, blocks, commit, crash safety, refusal of bad images."""
+
+import os
+import stat
+import zlib
+
+import pytest
+
+from lxc_cr.errors import ImageError
+from lxc_cr.image import fields, format as F, kinds
+from lxc_cr.image.reader import ImageReader, RawRecord
+from lxc_cr.image.writer import ImageWriter
+
+pytestmark = pytest.mark.unit
+
+
+def sample_record(kind, seed=1):
+    return fields.sample(fields.node(kind.struct), seed)
+
+
+def write_sample(path, compress=None):
+    """An image with one record of every kind, a few blocks and an unknown record."""
+    pages = kinds.by_name("pages")
+    with ImageWriter(path, source_kind="lxc", source_name="ct1", compress=compress,
+                     xcr0=0x2e7, vdso_size=8192, vdso_hash=bytes(range(32))) as w:
+        for i, kind in enumerate(kinds.all_kinds()):
+            if kind is pages:
+                continue
+            w.add(kind, sample_record(kind, i))
+        blocks = [
+            w.write_block(b"\x11" * 4096),
+            w.write_block([b"a" * 100, bytearray(b"b" * 5000), memoryview(b"c" * 7)]),
+            w.write_block(os.urandom(3000)),
+        ]
+        data = os.urandom(8192)
+        off = w.reserve_block(len(data))
+        os.pwritev(w.fileno(), [data[:100], data[100:]], off)
+        blocks.append(w.finish_block(off, len(data), zlib.crc32(data)))
+        for i, ref in enumerate(blocks):
+            w.add(pages, dict(pid=1, shmem_id=0, vaddr=0x400000 + i * 0x10000,
+                              npages=(ref["length"] + 4095) // 4096, block=ref))
+        w.add_raw(0x7FF0, b"future record")
+    return blocks
+
+
+@pytest.mark.parametrize("compress", [None, "zstd"])
+def test_roundtrip_records_and_blocks(tmp_path, compress):
+    p = tmp_path / "img"
+    blocks = write_sample(p, compress)
+    with ImageReader(p) as r:
+        h = r.header
+        assert (h.version, h.flags, h.source_kind, h.source_name) == (2, 0, "lxc", "ct1")
+        assert (h.xcr0, h.vdso_size, h.vdso_hash) == (0x2E7, 8192, bytes(range(32)))
+        assert h.kernel == os.uname().release and h.arch == os.uname().machine
+        r.verify()
+        got = list(r.records())
+        names = [k.name if k else None for k, _ in got]
+        expected = [k.name for k in kinds.all_kinds() if k.name != "pages"]
+        assert names == expected + ["pages"] * 4 + [None]
+        want = [sample_record(k, i) for i, k in enumerate(kinds.all_kinds())
+                if k.name != "pages"]
+        assert [obj for _, obj in got[:len(want)]] == want
+        unknown = got[-1][1]
+        assert isinstance(unknown, RawRecord) and unknown.tag == 0x7FF0
+        assert unknown == b"future record"
+        refs = [obj.block for _, obj in r.records(kinds.by_name("pages"))]
+        assert [dict(ref, _io=None) for ref in refs] == [dict(b, _io=None) for b in blocks]
+        assert [o.vaddr for _, o in r.records("pages")][:2] == [0x400000, 0x410000]
+        for ref in refs:
+            data = r.read_block(ref)
+            assert len(data) == ref.length
+            buf = bytearray(ref.length + 10)
+            assert r.read_block_into(ref, buf) == ref.length
+            assert bytes(buf[:ref.length]) == data
+            assert ref.offset % F.BLOCK_ALIGN == 0
+        assert r.read_block(refs[0]) == b"\x11" * 4096
+        assert r.read_block(refs[1]) == b"a" * 100 + b"b" * 5000 + b"c" * 7
+        if compress:
+            assert refs[0].codec == F.CODEC_ZSTD and refs[0].stored < 4096
+            assert refs[2].codec == F.CODEC_RAW       # random data: stored raw
+
+
+def test_mode_0600_and_no_temp_left(tmp_path):
+    old = os.umask(0)
+    try:
+        write_sample(tmp_path / "img")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "img").st_mode) == 0o600
+    assert os.listdir(tmp_path) == ["img"]
+
+
+def test_exception_leaves_nothing(tmp_path):
+    p = tmp_path / "img"
+    with pytest.raises(RuntimeError):
+        with ImageWriter(p) as w:
+            assert stat.S_IMODE(os.fstat(w.fileno()).st_mode) == 0o600
+            w.add(kinds.by_name("uts"), dict(hostname="h", domainname="d"))
+            w.write_block(b"x" * 10000)
+            raise RuntimeError("boom")
+    assert os.listdir(tmp_path) == []
+
+
+def test_exception_keeps_existing_file(tmp_path):
+    p = tmp_path / "img"
+    p.write_bytes(b"old contents")
+    with pytest.raises(KeyError):
+        with ImageWriter(p) as w:
+            w.add(kinds.by_name("uts"), dict(hostname="h", domainname="d"))
+            raise KeyError("x")
+    assert p.read_bytes() == b"old contents"
+    assert os.listdir(tmp_path) == ["img"]
+
+
+def test_incomplete_image_refused(tmp_path):
+    p = tmp_path / "img"
+    with ImageWriter(p) as w:
+        w.add(kinds.by_name("uts"), dict(hostname="h", domainname="d"))
+        w._flush()
+        with pytest.raises(ImageError) as ei:
+            ImageReader(w.tmp_path)
+        assert "incomplete" in str(ei.value) and ei.value.offset is not None
+    ImageReader(p).close()
+
+
+def test_incomplete_flag_with_valid_rest_refused(tmp_path):
+    p = tmp_path / "img"
+    write_sample(p)
+    raw = bytearray(p.read_bytes())
+    with ImageReader(p) as r:
+        fields_ = dict(r.header)
+    fields_["flags"] = F.FLAG_INCOMPLETE
+    raw[:F.HEADER_SIZE] = F.build_header(F.CURRENT, fields_)
+    p.write_bytes(raw)
+    with pytest.raises(ImageError, match="incomplete"):
+        ImageReader(p)
+
+
+def test_bad_writer_arguments(tmp_path):
+    with pytest.raises(ImageError):
+        ImageWriter(tmp_path / "x", source_kind="docker")
+    with pytest.raises(ImageError):
+        ImageWriter(tmp_path / "x", source_name="n" * 1000)
+    with pytest.raises(ImageError):
+        ImageWriter(tmp_path / "x", compress="lz4")
+
+
+def test_many_buffers_and_empty_block(tmp_path):
+    p = tmp_path / "img"
+    bufs = [bytes([i % 256]) * 17 for i in range(3000)]     # more than IOV_MAX
+    with ImageWriter(p) as w:
+        ref = w.write_block(bufs)
+        empty = w.write_block(b"")
+        w.add(kinds.by_name("pages"), dict(pid=1, shmem_id=0, vaddr=0, npages=13, block=ref))
+        w.add(kinds.by_name("pages"), dict(pid=1, shmem_id=0, vaddr=0, npages=0, block=empty))
+    with ImageReader(p) as r:
+        r.verify()
+        refs = [o.block for _, o in r.records("pages")]
+        assert r.read_block(refs[0]) == b"".join(bufs)
+        assert r.read_block(refs[1]) == b""
+
+
+def test_corrupt_block_detected_by_verify(tmp_path):
+    p = tmp_path / "img"
+    blocks = write_sample(p)
+    raw = bytearray(p.read_bytes())
+    raw[blocks[2]["offset"] + 5] ^= 1
+    p.write_bytes(raw)
+    with ImageReader(p) as r:
+        with pytest.raises(ImageError, match="block checksum") as ei:
+            r.verify()
+        assert ei.value.offset == blocks[2]["offset"]
+
+
+def test_block_ref_outside_file(tmp_path):
+    p = tmp_path / "img"
+    write_sample(p)
+    with ImageReader(p) as r:
+        bad = dict(offset=1 << 40, length=1 << 40, stored=1 << 40, codec=0, crc32=0)
+        with pytest.raises(ImageError, match="outside"):
+            r.read_block(bad)
+        with pytest.raises(ImageError, match="codec"):
+            r.read_block(dict(bad, offset=4096, codec=7))
+        with pytest.raises(ImageError, match="implausible"):
+            r.read_block(dict(offset=4096, length=1 << 50, stored=10, codec=1, crc32=0))
