@@ -69,13 +69,16 @@ def _strict(kind: K.RecordKind) -> cs.Construct:
     return s
 
 
-def _kind_arg(kind) -> K.RecordKind | None:
-    if kind is None or isinstance(kind, K.RecordKind):
+def _tag_arg(kind) -> int | None:
+    """The tag of a kind argument: None (all), a RecordKind, a kind name or a tag number."""
+    if kind is None or isinstance(kind, int):
         return kind
-    found = K.by_name(kind) if isinstance(kind, str) else K.by_tag(kind)
+    if isinstance(kind, K.RecordKind):
+        return kind.tag
+    found = K.by_name(kind)
     if found is None:
         raise KeyError(f"unknown record kind {kind!r}")
-    return found
+    return found.tag
 
 
 def iter_block_refs(obj):
@@ -185,10 +188,13 @@ class ImageReader:
         end = self.size - F.TRAILER_SIZE
         if end < F.HEADER_SIZE:
             raise self.error("truncated: no room for the trailer", self.size)
+        raw = self.pread(F.TRAILER_SIZE, end)
+        if raw[-len(F.END_MAGIC):] != F.END_MAGIC:
+            raise self.error("truncated or corrupt image: no end marker", self.size - 8)
         try:
-            tr = F.Trailer.parse(self.pread(F.TRAILER_SIZE, end))
+            tr = F.Trailer.parse(raw)
         except cs.ChecksumError:
-            raise self.error("trailer checksum mismatch (truncated or corrupt)", end) from None
+            raise self.error("trailer checksum mismatch", end) from None
         except _DECODE_ERRORS:
             raise self.error("no trailer (truncated or corrupt image)", end) from None
         ioff, ilen = tr.fields.value.index_offset, tr.fields.value.index_length
@@ -243,8 +249,8 @@ class ImageReader:
 
     def raw_records(self, kind=None):
         """(tag, offset, payload bytes) of each record, checksums verified; index order."""
-        kind = _kind_arg(kind)
-        entries = self.index if kind is None else [e for e in self.index if e[0] == kind.tag]
+        tag = _tag_arg(kind)
+        entries = self.index if tag is None else [e for e in self.index if e[0] == tag]
         for run in self._runs(entries):
             start = run[0][1]
             data = self.pread(run[-1][1] + run[-1][2] - start, start)
@@ -275,7 +281,7 @@ class ImageReader:
         return kind, migrate.record_to_current(kind, obj, self.format.version)
 
     def records(self, kind=None):
-        """(kind, obj) of every record (or only of ``kind``: RecordKind, name or tag)."""
+        """(kind, obj) of every record (or only of ``kind``: RecordKind, name or tag number)."""
         for tag, off, payload in self.raw_records(kind):
             yield self.decode(tag, payload, off)
 
