@@ -24,3 +24,63 @@ CREDS = record_kind(0x0101, "creds", cs.Struct(
     "cap_amb" / cs.Int64ul,
     "securebits" / cs.Int32ul,
 ), doc="one per thread")
+
+
+# --- dump / restore -----------------------------------------------------------------------
+import struct  # noqa: E402
+
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_DROP = 24
+PR_GET_SECUREBITS, PR_SET_SECUREBITS = 27, 28
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, PR_CAP_AMBIENT_CLEAR_ALL = 47, 2, 4
+SECBIT_KEEP_CAPS = 1 << 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def cap_last_cap() -> int:
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())
+
+
+def dump(ctx, task, th, remote) -> dict:
+    c = th.creds
+    securebits = remote.call("prctl", PR_GET_SECUREBITS, 0, 0, 0, 0)
+    rec = dict(pid=task.pid, tid=th.tid, uids=list(c.uids), gids=list(c.gids),
+               groups=list(c.groups), cap_inh=c.cap_inh, cap_prm=c.cap_prm,
+               cap_eff=c.cap_eff, cap_bnd=c.cap_bnd, cap_amb=c.cap_amb,
+               securebits=securebits)
+    ctx.writer.add(CREDS, rec)
+    return rec
+
+
+def restore(ctx, rec, remote) -> None:
+    """Switch one thread to the recorded credentials; the restorer's root is never kept
+    beyond them.  Order: bounding set and securebits while still privileged, then groups,
+    gids, uids (keep-caps on), then the capability sets, then ambient caps."""
+    buf = ctx.scratch + 256
+    last = cap_last_cap()
+    for cap in range(last + 1):
+        if not rec.cap_bnd & (1 << cap):
+            remote.call("prctl", PR_CAPBSET_DROP, cap, 0, 0, 0)
+    remote.call("prctl", PR_SET_SECUREBITS, rec.securebits | SECBIT_KEEP_CAPS, 0, 0, 0)
+    groups = list(rec.groups)
+    remote.write(buf, struct.pack(f"<{len(groups)}I", *groups) if groups else b"\0")
+    remote.call("setgroups", len(groups), buf)
+    r, e, s, fs = rec.gids
+    remote.call("setresgid", r, e, s)
+    remote.call("setfsgid", fs)
+    r, e, s, fs = rec.uids
+    remote.call("setresuid", r, e, s)
+    remote.call("setfsuid", fs)
+    hdr = struct.pack("<Ii", _LINUX_CAPABILITY_VERSION_3, 0)
+    data = struct.pack("<6I", rec.cap_eff & 0xFFFFFFFF, rec.cap_prm & 0xFFFFFFFF,
+                       rec.cap_inh & 0xFFFFFFFF, rec.cap_eff >> 32, rec.cap_prm >> 32,
+                       rec.cap_inh >> 32)
+    remote.write(buf, hdr + data)
+    remote.call("capset", buf, buf + len(hdr))
+    remote.call("prctl", PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    for cap in range(last + 1):
+        if rec.cap_amb & (1 << cap):
+            remote.call("prctl", PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0)
+    if rec.securebits != remote.call("prctl", PR_GET_SECUREBITS, 0, 0, 0, 0):
+        remote.call("prctl", PR_SET_SECUREBITS, rec.securebits, 0, 0, 0)

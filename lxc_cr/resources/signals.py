@@ -26,3 +26,63 @@ SIGPENDING = record_kind(0x0105, "sigpending", cs.Struct(
     "tid" / cs.Int32ul,                      # 0: the process-wide (shared) queue
     "siginfo" / cs.PrefixedArray(cs.VarInt, cs.Bytes(128)),
 ), doc="queued signals, re-queued with rt_tgsigqueueinfo / rt_sigqueueinfo")
+
+
+# --- dump / restore -----------------------------------------------------------------------
+import struct  # noqa: E402
+
+SIGKILL, SIGSTOP = 9, 19
+SIG_IGN = 1
+SA_RESTORER = 0x04000000
+_SA = struct.Struct("<QQQQ")
+
+
+def dump(ctx, task, remote) -> None:
+    buf = ctx.scratch_for(task)
+    actions = []
+    for sig in range(1, 65):
+        remote.call("rt_sigaction", sig, 0, buf, 8)
+        h, f, r, m = _SA.unpack(remote.read(buf, _SA.size))
+        actions.append(dict(handler=h, flags=f, restorer=r, mask=m))
+    ctx.writer.add(SIGACTIONS, dict(pid=task.pid, actions=actions))
+
+
+def dump_pending(ctx, task, leader_tracee, threads) -> None:
+    """Shared queue (through the leader) and each thread's own queue, plus any signal that
+    our stop dequeued (Tracee.intercepted)."""
+    shared = leader_tracee.peek_siginfo(shared=True)
+    ctx.writer.add(SIGPENDING, dict(pid=task.pid, tid=0, siginfo=shared))
+    for th, tracee in threads:
+        own = tracee.peek_siginfo(shared=False) + list(tracee.intercepted)
+        if own:
+            ctx.writer.add(SIGPENDING, dict(pid=task.pid, tid=th.tid, siginfo=own))
+
+
+def restore(ctx, task, remote) -> None:
+    """Dispositions: each catchable signal is first set to SIG_IGN, which discards anything
+    queued during the restore, then to its recorded action."""
+    rec = ctx.one("sigactions", task.pid)
+    buf = ctx.scratch + 256
+    for i, a in enumerate(rec.actions):
+        sig = i + 1
+        if sig in (SIGKILL, SIGSTOP):
+            continue
+        remote.write(buf, _SA.pack(SIG_IGN, SA_RESTORER, 0, 0))
+        remote.call("rt_sigaction", sig, buf, 0, 8)
+        remote.write(buf, _SA.pack(a.handler, a.flags, a.restorer, a.mask))
+        remote.call("rt_sigaction", sig, buf, 0, 8)
+
+
+def restore_pending(ctx, task, tid_tracees, remote_by_tid) -> None:
+    """Re-queue recorded signals from inside the task (allowed for its own pid)."""
+    for p in ctx.by_pid("sigpending", task.pid):
+        for info in p.siginfo:
+            signo = struct.unpack_from("<i", info)[0]
+            if p.tid == 0:
+                r = remote_by_tid[task.pid]
+                r.write(ctx.scratch + 256, bytes(info))
+                r.call("rt_sigqueueinfo", task.pid, signo, ctx.scratch + 256)
+            else:
+                r = remote_by_tid[p.tid]
+                r.write(ctx.scratch + 256, bytes(info))
+                r.call("rt_tgsigqueueinfo", task.pid, p.tid, signo, ctx.scratch + 256)

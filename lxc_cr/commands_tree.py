@@ -1,0 +1,29 @@
+"""``lxc-cr tree dump|restore`` (contract: Engine: any process tree)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def run(args) -> int:
+    from lxc_cr.errors import UsageError
+    if args.tree_cmd == "dump":
+        from lxc_cr.dump import dump_tree
+        if args.pid <= 0:
+            raise UsageError(f"invalid pid {args.pid}")
+        stats = dump_tree(args.pid, args.image, leave_running=args.leave_running,
+                          compress=args.compress, level=args.compress_level)
+        if args.print_stats:
+            print(json.dumps(stats, sort_keys=True))
+        return 0
+    if args.tree_cmd == "restore":
+        from lxc_cr.restore import restore_tree
+        stats = restore_tree(args.image, pidfile=args.pidfile)
+        if args.print_stats:
+            print(json.dumps(stats, sort_keys=True))
+        else:
+            print(stats["root_host_pid"])
+        sys.stdout.flush()
+        return 0
+    raise UsageError(f"unknown tree action {args.tree_cmd}")

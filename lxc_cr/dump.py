@@ -1,0 +1,403 @@
+"""Dump orchestrator: check, freeze, record every resource, write the image, then kill or
+resume the tree.
+
+Order (rule 4 and 5 of the design):
+  1. discover the tree and run every module's check() without stopping anything;
+  2. freeze: PTRACE_SEIZE + PTRACE_INTERRUPT every thread, rescanning until stable;
+  3. dump each resource module into the image (written under a temporary name);
+  4. commit (fsync, rename), verify the image, and only then kill the tree;
+every failure path restores registers and signal masks, unmaps our scratch pages and
+detaches, so the tree resumes untouched and no file named IMAGE exists.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+from lxc_cr import faults
+from lxc_cr.errors import OperationFailed, Refused, TaskGone, UnknownTarget
+from lxc_cr.kernel.procfs import Proc
+from lxc_cr.kernel.ptrace import O_TRACESYSGOOD, Remote, Tracee, find_syscall_insn
+
+PAGE = 4096
+ALL_SIGNALS = (1 << 64) - 1 & ~((1 << 8) | (1 << 18))   # all but SIGKILL, SIGSTOP
+PROT_RW, MAP_PRIVATE_ANON = 3, 0x22
+
+
+@dataclass
+class ThreadState:
+    host_tid: int
+    tid: int = 0
+    nstids: list = field(default_factory=list)
+    comm: str = ""
+    creds: object = None
+    tracee: Tracee | None = None
+    regs: object = None
+    sigmask: int = 0
+    remote: Remote | None = None
+
+
+@dataclass
+class TaskState:
+    host_pid: int
+    stat: object = None
+    creds: object = None
+    pid: int = 0
+    ppid: int = 0
+    pgid: int = 0
+    sid: int = 0
+    nspids: list = field(default_factory=list)
+    children: list = field(default_factory=list)
+    threads: list = field(default_factory=list)
+    maps: list = field(default_factory=list)
+    fds: list = field(default_factory=list)
+    mem_fd: int = -1
+    scratch: int = 0
+    syscall_ip: int = 0
+
+    @property
+    def zombie(self) -> bool:
+        return self.stat.state in ("Z", "X")
+
+    @property
+    def leader(self) -> ThreadState:
+        return self.threads[0]
+
+
+class DumpCtx:
+    def __init__(self, proc: Proc):
+        self.proc = proc
+        self.writer = None
+        self.stats = {"pages_scanned": 0, "pages_written": 0}
+        self.shmem_ids: dict[int, int] = {}
+        self.pipe_inode_count: dict[int, int] = {}
+        self._files: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+        self._next_file_id = 1
+        self._vmflags: dict[int, dict] = {}
+
+    def scratch_for(self, task) -> int:
+        return task.scratch
+
+    def proc_vmflags(self, host_pid: int) -> dict:
+        from lxc_cr.kernel.procfs import parse_smaps_vmflags
+        if host_pid not in self._vmflags:
+            self._vmflags[host_pid] = parse_smaps_vmflags(self.proc.read(host_pid, "smaps"))
+        return self._vmflags[host_pid]
+
+    def file_id(self, host_pid: int, d) -> int:
+        """Same id for fds that share one open file description (kcmp KCMP_FILE)."""
+        from lxc_cr.resources.files import kcmp_same_file
+        key = (d.dev, d.ino)
+        for other_pid, other_fd, fid in self._files.get(key, []):
+            if kcmp_same_file(host_pid, d.fd, other_pid, other_fd):
+                return fid
+        fid = self._next_file_id
+        self._next_file_id += 1
+        self._files.setdefault(key, []).append((host_pid, d.fd, fid))
+        return fid
+
+
+# --- discovery and checks -----------------------------------------------------------------
+
+def discover(proc: Proc, root_pid: int) -> list[TaskState]:
+    """The tree rooted at root_pid, parents before children."""
+    try:
+        root_stat = proc.stat(root_pid)
+    except TaskGone:
+        raise UnknownTarget(f"no process with pid {root_pid}") from None
+    if root_pid == os.getpid() or root_pid == 1:
+        raise UnknownTarget(f"pid {root_pid}: refusing to checkpoint "
+                            f"{'lxc-cr itself' if root_pid == os.getpid() else 'the host init'}")
+    del root_stat
+    tasks: list[TaskState] = []
+    seen = set()
+    stack = [root_pid]
+    while stack:
+        hp = stack.pop(0)
+        if hp in seen:
+            continue
+        seen.add(hp)
+        t = TaskState(hp)
+        refresh(proc, t)
+        tasks.append(t)
+        if not t.zombie:
+            t.children = proc.children(hp)
+            stack.extend(t.children)
+    _relative_pids(tasks)
+    return tasks
+
+
+def refresh(proc: Proc, t: TaskState) -> None:
+    t.stat = proc.stat(t.host_pid)
+    t.creds = proc.creds(t.host_pid)
+    tids = [t.host_pid] if t.zombie else proc.tids(t.host_pid)
+    known = {th.host_tid: th for th in t.threads}
+    t.threads = [known.get(tid) or ThreadState(tid) for tid in tids]
+
+
+def _relative_pids(tasks: list[TaskState]) -> None:
+    root = tasks[0]
+    level = len(root.creds.nspid) - 1
+    by_host = {t.host_pid: t for t in tasks}
+    for t in tasks:
+        t.nspids = list(t.creds.nspid[level:])
+        t.pid = t.nspids[0]
+        parent = by_host.get(t.stat.ppid)
+        t.ppid = parent.creds.nspid[level] if parent else 0
+        t.pgid = t.creds.nspgid[level] if len(t.creds.nspgid) > level else 0
+        t.sid = t.creds.nssid[level] if len(t.creds.nssid) > level else 0
+
+
+def check_tree(proc: Proc, tasks: list[TaskState]) -> list:
+    """Every resource that cannot be checkpointed, without stopping anything."""
+    from lxc_cr.resources import files, memory, namespaces
+    problems = list(namespaces.check(proc, tasks[0]))
+    pipe_count: dict[int, int] = {}
+    descs = {}
+    for t in tasks:
+        if t.zombie:
+            continue
+        t.maps = proc.maps(t.host_pid)
+        problems += memory.check(proc, t.host_pid, t.stat.comm, t.maps)
+        timers = proc.read(t.host_pid, "timers").strip()
+        if timers:
+            problems.append(_unsupported(t, "POSIX timer"))
+        descs[t.host_pid] = [files.describe(proc, t.host_pid, fd) for fd in proc.fds(t.host_pid)]
+        for d in descs[t.host_pid]:
+            if d.kind in ("pipe", "fifo"):
+                pipe_count[d.ino] = pipe_count.get(d.ino, 0) + 1
+    ctx = type("C", (), {"pipe_inode_count": pipe_count})()
+    for t in tasks:
+        if not t.zombie:
+            t.fds = descs[t.host_pid]
+            problems += files.check(ctx, t, t.fds)
+    return problems, pipe_count
+
+
+def _unsupported(t, kind):
+    from lxc_cr.errors import Unsupported
+    return Unsupported(t.host_pid, t.stat.comm, kind)
+
+
+# --- freeze / thaw ------------------------------------------------------------------------
+
+def freeze(proc: Proc, tasks: list[TaskState]) -> list[TaskState]:
+    """Seize and interrupt every thread, rescanning until no new task or thread appears."""
+    root = tasks[0].host_pid
+    while True:
+        new = 0
+        for t in tasks:
+            if t.zombie:
+                continue
+            refresh(proc, t)
+            for th in t.threads:
+                if th.tracee is None:
+                    th.tracee = Tracee.seize(th.host_tid, O_TRACESYSGOOD, pid=t.host_pid)
+                    th.tracee.interrupt()
+                    new += 1
+        fresh = discover_frozen(proc, root, tasks)
+        if not new and len(fresh) == len(tasks):
+            return tasks
+        tasks = fresh
+
+
+def discover_frozen(proc: Proc, root: int, old: list[TaskState]) -> list[TaskState]:
+    by_host = {t.host_pid: t for t in old}
+    out = []
+    stack = [root]
+    while stack:
+        hp = stack.pop(0)
+        t = by_host.get(hp)
+        if t is None:
+            t = TaskState(hp)
+            refresh(proc, t)
+        else:
+            t.stat = proc.stat(hp)
+            t.creds = proc.creds(hp)
+        out.append(t)
+        if not t.zombie:
+            t.children = proc.children(hp)
+            stack.extend(t.children)
+    _relative_pids(out)
+    return out
+
+
+def release(tasks: list[TaskState]) -> None:
+    """Undo everything the dump did to the live tree and detach (every failure path)."""
+    for t in tasks:
+        for th in t.threads:
+            tr = th.tracee
+            if tr is None or tr.state.value in ("detached", "gone"):
+                continue
+            try:
+                if t.scratch and th is t.leader and th.remote is not None:
+                    th.remote.call("munmap", t.scratch, PAGE)
+                    t.scratch = 0
+                if th.regs is not None:
+                    tr.setregs(th.regs)
+                    tr.set_sigmask(th.sigmask)
+            except Exception:
+                pass
+            sig = 0
+            if tr.intercepted:
+                sig = int.from_bytes(tr.intercepted[0][:4], "little")
+            try:
+                tr.detach(sig)
+            except Exception:
+                pass
+        if t.mem_fd >= 0:
+            os.close(t.mem_fd)
+            t.mem_fd = -1
+
+
+# --- the dump -----------------------------------------------------------------------------
+
+def dump_tree(root_pid: int, image: str, leave_running: bool = False,
+              compress: str | None = None, level: int = 3, source_kind: str = "tree",
+              source_name: str | None = None, extra_records=None, progress=None) -> dict:
+    from lxc_cr.image.reader import ImageReader
+    from lxc_cr.image.writer import ImageWriter
+    from lxc_cr.resources import creds, files, memory, namespaces, signals, task as task_mod
+    from lxc_cr.resources import threads as threads_mod
+
+    t0 = time.monotonic()
+    proc = Proc()
+    tasks = discover(proc, root_pid)
+    problems, pipe_count = check_tree(proc, tasks)
+    if problems:
+        raise Refused(problems)
+    faults.step("dump", "checked")
+    ctx = DumpCtx(proc)
+    ctx.pipe_inode_count = pipe_count
+    killed = False
+    try:
+        tasks = freeze(proc, tasks)
+        t_frozen = time.monotonic()
+        faults.step("dump", "frozen")
+        problems, ctx.pipe_inode_count = check_tree(proc, tasks)   # tasks seen while freezing
+        if problems:
+            raise Refused(problems)
+        for t in tasks:
+            _prepare(proc, t)
+        faults.step("dump", "prepared")
+        root = tasks[0]
+        vdso_size, vdso_hash = memory.vdso_fingerprint(root.mem_fd, root.maps, root.host_pid)
+        xcr0 = _xcr0(root.leader.tracee.get_xstate())
+        with ImageWriter(image, source_kind=source_kind,
+                         source_name=source_name or str(root_pid), compress=compress,
+                         level=level, xcr0=xcr0, vdso_size=vdso_size,
+                         vdso_hash=vdso_hash) as w:
+            ctx.writer = w
+            namespaces.dump(ctx, root, root.leader.remote)
+            for t in tasks:
+                if t.zombie:
+                    task_mod.dump_zombie(ctx, t)
+                    continue
+                remote = t.leader.remote
+                task_mod.dump(ctx, t, remote)
+                faults.step("dump", f"task {t.pid}")
+                signals.dump(ctx, t, remote)
+                for th in t.threads:
+                    threads_mod.dump(ctx, t, th, th.tracee, th.remote)
+                    creds.dump(ctx, t, th, th.remote)
+                signals.dump_pending(ctx, t, t.leader.tracee,
+                                     [(th, th.tracee) for th in t.threads])
+                files.dump(ctx, t, t.fds)
+                memory.dump(ctx, t, remote)
+                faults.step("dump", f"memory {t.pid}")
+            for kind, obj in extra_records or ():
+                w.add(kind, obj)
+            faults.step("dump", "written")
+        t_written = time.monotonic()
+        with ImageReader(image) as r:
+            r.verify()
+        faults.step("dump", "verified")
+        if not leave_running:
+            for t in tasks:
+                try:
+                    os.kill(t.host_pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            killed = True
+    except BaseException:
+        if os.path.exists(image) and not killed:
+            # the image was committed but a later step failed: it must not look valid
+            _unlink_quiet(image)
+        raise
+    finally:
+        if not killed:
+            release(tasks)
+        else:
+            for t in tasks:
+                for th in t.threads:
+                    if th.tracee is not None:
+                        th.tracee.state = th.tracee.state.__class__.GONE
+                if t.mem_fd >= 0:
+                    os.close(t.mem_fd)
+                    t.mem_fd = -1
+            _reap(tasks)
+    t_end = time.monotonic()
+    return {
+        "freezing_time": int((t_frozen - t0) * 1e6),
+        "frozen_time": int((t_end - t_frozen) * 1e6),
+        "memdump_time": int((t_written - t_frozen) * 1e6),
+        "memwrite_time": int((t_written - t_frozen) * 1e6),
+        "pages_scanned": ctx.stats["pages_scanned"],
+        "pages_written": ctx.stats["pages_written"],
+        "tasks": len(tasks),
+    }
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _reap(tasks) -> None:
+    """Collect the ptrace exit notifications of the killed threads."""
+    for t in tasks:
+        for th in t.threads:
+            try:
+                os.waitpid(th.host_tid, 0x40000000)
+            except ChildProcessError:
+                pass
+            except OSError:
+                pass
+
+
+def _xcr0(xstate: bytes) -> int:
+    """XCR0 from the software-reserved bytes of the fxsave area (struct _fpx_sw_bytes)."""
+    if len(xstate) >= 480 and int.from_bytes(xstate[464:468], "little") == 0x46505853:
+        return int.from_bytes(xstate[472:480], "little")
+    return 0
+
+
+def _prepare(proc: Proc, t: TaskState) -> None:
+    """Registers, signal masks and an injection path for every thread of a frozen task."""
+    if t.zombie:
+        return
+    t.maps = proc.maps(t.host_pid)
+    t.mem_fd = os.open(f"/proc/{t.host_pid}/mem", os.O_RDONLY)
+    vdso = [m for m in t.maps if m.path == "[vdso]"]
+    ip = find_syscall_insn(t.mem_fd, vdso[0].start, vdso[0].end, t.host_pid) if vdso else None
+    if ip is None:
+        raise OperationFailed(f"pid {t.host_pid}: no syscall instruction in its vdso")
+    t.syscall_ip = ip
+    for th in t.threads:
+        tr = th.tracee
+        th.regs = tr.getregs()
+        th.sigmask = tr.get_sigmask()
+        tr.set_sigmask(ALL_SIGNALS)
+        th.remote = Remote(tr, ip, th.regs, t.mem_fd)
+        st = proc.status(t.host_pid, tid=th.host_tid)
+        th.creds = proc.creds(t.host_pid, tid=th.host_tid)
+        th.comm = st.get("Name", "")
+        level = len(t.creds.nspid) - len(t.nspids)
+        th.nstids = list(th.creds.nspid[level:])
+        th.tid = th.nstids[0]
+    t.scratch = t.leader.remote.call("mmap", 0, PAGE, PROT_RW, MAP_PRIVATE_ANON, -1, 0)

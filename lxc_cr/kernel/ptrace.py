@@ -1,0 +1,374 @@
+"""ptrace: a traced thread as an explicit state machine, and syscalls injected into it.
+
+States: RUNNING (seized, not stopped) -> STOPPED (in a ptrace stop we control) ->
+DETACHED, or GONE when the thread exited.  Detaching is explicit (``detach()``) and is
+done by the orchestrators in ``finally`` blocks, never in ``__del__``.
+
+Injected syscalls (``Remote.call``) set the registers so that rip points at a ``syscall``
+instruction (0x0f 0x05) and single-step over it (kernel-facts: remote syscalls).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import os
+import signal
+
+from lxc_cr.errors import KernelError, OperationFailed, TaskGone
+from lxc_cr.kernel.sys import nr, ptrace, waitpid
+
+PTRACE_CONT = 7
+PTRACE_SINGLESTEP = 9
+PTRACE_GETREGS = 12
+PTRACE_SETREGS = 13
+PTRACE_DETACH = 17
+PTRACE_SYSCALL = 24
+PTRACE_SETOPTIONS = 0x4200
+PTRACE_GETEVENTMSG = 0x4201
+PTRACE_GETSIGINFO = 0x4202
+PTRACE_GETREGSET = 0x4204
+PTRACE_SETREGSET = 0x4205
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_PEEKSIGINFO = 0x4209
+PTRACE_GETSIGMASK = 0x420A
+PTRACE_SETSIGMASK = 0x420B
+PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
+PTRACE_PEEKSIGINFO_SHARED = 1
+
+O_TRACESYSGOOD = 0x1
+O_TRACEFORK = 0x2
+O_TRACEVFORK = 0x4
+O_TRACECLONE = 0x8
+O_TRACEEXEC = 0x10
+O_TRACEEXIT = 0x40
+O_EXITKILL = 0x100000
+
+EVENT_FORK = 1
+EVENT_VFORK = 2
+EVENT_CLONE = 3
+EVENT_EXEC = 4
+EVENT_EXIT = 6
+EVENT_STOP = 128
+
+NT_X86_XSTATE = 0x202
+XSTATE_MAX = 64 * 1024
+
+REG_NAMES = ("r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs "
+             "eflags rsp ss fs_base gs_base ds es fs gs").split()
+
+
+class Regs(ctypes.Structure):
+    """struct user_regs_struct (x86_64)."""
+    _fields_ = [(n, ctypes.c_ulonglong) for n in REG_NAMES]
+
+    def as_list(self) -> list[int]:
+        return [getattr(self, n) for n in REG_NAMES]
+
+    @classmethod
+    def from_list(cls, values) -> "Regs":
+        r = cls()
+        for n, v in zip(REG_NAMES, values):
+            setattr(r, n, v & 0xFFFFFFFFFFFFFFFF)
+        return r
+
+    def copy(self) -> "Regs":
+        return Regs.from_list(self.as_list())
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _RseqConfig(ctypes.Structure):
+    _fields_ = [("rseq_abi_pointer", ctypes.c_uint64), ("rseq_abi_size", ctypes.c_uint32),
+                ("signature", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32)]
+
+
+class _PeekSiginfoArgs(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("flags", ctypes.c_uint32), ("nr", ctypes.c_int32)]
+
+
+class State(enum.Enum):
+    RUNNING = "running"      # seized, not in a stop we control
+    STOPPED = "stopped"
+    DETACHED = "detached"
+    GONE = "gone"
+
+
+class Stop:
+    """What waitpid reported for a traced thread."""
+
+    def __init__(self, status: int):
+        self.status = status
+        self.exited = os.WIFEXITED(status) or os.WIFSIGNALED(status)
+        self.sig = os.WSTOPSIG(status) if os.WIFSTOPPED(status) else 0
+        self.event = (status >> 16) & 0xFF if os.WIFSTOPPED(status) else 0
+
+    def __repr__(self):
+        return f"Stop(status={self.status:#x}, sig={self.sig}, event={self.event})"
+
+
+class Tracee:
+    """One traced thread."""
+
+    def __init__(self, tid: int, pid: int | None = None):
+        self.tid = tid
+        self.pid = pid if pid is not None else tid
+        self.state = State.RUNNING
+        self.intercepted: list[bytes] = []    # siginfos dequeued while we had it stopped
+        self.group_stopped = False            # it was in a group-stop (SIGSTOP) when stopped
+        self.exit_status: int | None = None
+
+    # --- attaching -------------------------------------------------------------------------
+    @classmethod
+    def seize(cls, tid: int, options: int = 0, pid: int | None = None) -> "Tracee":
+        t = cls(tid, pid)
+        try:
+            ptrace(PTRACE_SEIZE, tid, 0, options, op="PTRACE_SEIZE")
+        except KernelError as e:
+            if e.errno == 3:
+                raise TaskGone(tid) from None
+            raise
+        return t
+
+    @classmethod
+    def adopt(cls, tid: int, pid: int | None = None) -> "Tracee":
+        """A thread auto-attached through PTRACE_O_TRACECLONE/FORK; waits for its first stop."""
+        t = cls(tid, pid)
+        t.wait_event_stop()
+        return t
+
+    def interrupt(self) -> None:
+        """PTRACE_INTERRUPT and wait until the thread is in an event stop."""
+        ptrace(PTRACE_INTERRUPT, self.tid, op="PTRACE_INTERRUPT")
+        self.wait_event_stop()
+
+    def wait(self) -> Stop:
+        _, status = waitpid(self.tid)
+        st = Stop(status)
+        if st.exited:
+            self.state = State.GONE
+            self.exit_status = status
+        else:
+            self.state = State.STOPPED
+        return st
+
+    def wait_event_stop(self) -> None:
+        """Wait for a PTRACE_EVENT_STOP, keeping any signal dequeued on the way."""
+        while True:
+            st = self.wait()
+            if st.exited:
+                raise TaskGone(self.tid, "exited while being stopped")
+            if st.event == EVENT_STOP:
+                self.group_stopped = st.sig in (signal.SIGSTOP, signal.SIGTSTP,
+                                                signal.SIGTTIN, signal.SIGTTOU)
+                return
+            if st.event == 0 and st.sig not in (0, signal.SIGTRAP):
+                # signal-delivery-stop: the signal was dequeued; keep it, let the
+                # pending interrupt trap stop the thread right after.
+                self.intercepted.append(self.getsiginfo())
+                self._resume(PTRACE_CONT, 0)
+                continue
+            self._resume(PTRACE_CONT, 0)
+
+    def _resume(self, request: int, sig: int = 0) -> None:
+        ptrace(request, self.tid, 0, sig, op="ptrace-resume")
+        self.state = State.RUNNING
+
+    def set_options(self, options: int) -> None:
+        ptrace(PTRACE_SETOPTIONS, self.tid, 0, options, op="PTRACE_SETOPTIONS")
+
+    def detach(self, sig: int = 0) -> None:
+        if self.state in (State.DETACHED, State.GONE):
+            return
+        try:
+            ptrace(PTRACE_DETACH, self.tid, 0, sig, op="PTRACE_DETACH")
+        except KernelError as e:
+            if e.errno != 3:       # ESRCH: gone or not stopped
+                raise
+        self.state = State.DETACHED
+
+    # --- registers and thread state --------------------------------------------------------
+    def getregs(self) -> Regs:
+        r = Regs()
+        ptrace(PTRACE_GETREGS, self.tid, 0, r, op="PTRACE_GETREGS")
+        return r
+
+    def setregs(self, r: Regs) -> None:
+        ptrace(PTRACE_SETREGS, self.tid, 0, r, op="PTRACE_SETREGS")
+
+    def get_xstate(self) -> bytes:
+        buf = ctypes.create_string_buffer(XSTATE_MAX)
+        iov = _Iovec(ctypes.cast(buf, ctypes.c_void_p), XSTATE_MAX)
+        ptrace(PTRACE_GETREGSET, self.tid, NT_X86_XSTATE, iov, op="PTRACE_GETREGSET")
+        return buf.raw[:iov.len]
+
+    def set_xstate(self, data: bytes) -> None:
+        buf = ctypes.create_string_buffer(data, len(data))
+        iov = _Iovec(ctypes.cast(buf, ctypes.c_void_p), len(data))
+        ptrace(PTRACE_SETREGSET, self.tid, NT_X86_XSTATE, iov, op="PTRACE_SETREGSET")
+
+    def get_sigmask(self) -> int:
+        m = ctypes.c_uint64()
+        ptrace(PTRACE_GETSIGMASK, self.tid, 8, ctypes.cast(ctypes.byref(m), ctypes.c_void_p),
+               op="PTRACE_GETSIGMASK")
+        return m.value
+
+    def set_sigmask(self, mask: int) -> None:
+        m = ctypes.c_uint64(mask)
+        ptrace(PTRACE_SETSIGMASK, self.tid, 8, ctypes.cast(ctypes.byref(m), ctypes.c_void_p),
+               op="PTRACE_SETSIGMASK")
+
+    def get_rseq(self) -> tuple[int, int, int, int]:
+        """(address, length, signature, flags) of the thread's rseq registration."""
+        c = _RseqConfig()
+        ptrace(PTRACE_GET_RSEQ_CONFIGURATION, self.tid, ctypes.sizeof(c), c,
+               op="PTRACE_GET_RSEQ_CONFIGURATION")
+        return c.rseq_abi_pointer, c.rseq_abi_size, c.signature, c.flags
+
+    def getsiginfo(self) -> bytes:
+        buf = ctypes.create_string_buffer(128)
+        ptrace(PTRACE_GETSIGINFO, self.tid, 0, buf, op="PTRACE_GETSIGINFO")
+        return buf.raw
+
+    def peek_siginfo(self, shared: bool) -> list[bytes]:
+        """Pending siginfos without dequeuing them (PTRACE_PEEKSIGINFO)."""
+        out: list[bytes] = []
+        buf = ctypes.create_string_buffer(128 * 32)
+        while True:
+            args = _PeekSiginfoArgs(len(out), PTRACE_PEEKSIGINFO_SHARED if shared else 0, 32)
+            n = ptrace(PTRACE_PEEKSIGINFO, self.tid,
+                       ctypes.cast(ctypes.byref(args), ctypes.c_void_p), buf,
+                       op="PTRACE_PEEKSIGINFO")
+            if n <= 0:
+                return out
+            raw = buf.raw
+            out.extend(raw[i * 128:(i + 1) * 128] for i in range(n))
+
+    def geteventmsg(self) -> int:
+        v = ctypes.c_ulong()
+        ptrace(PTRACE_GETEVENTMSG, self.tid, 0, ctypes.cast(ctypes.byref(v), ctypes.c_void_p),
+               op="PTRACE_GETEVENTMSG")
+        return v.value
+
+
+class RemoteError(KernelError):
+    """An injected syscall returned an error."""
+
+
+class Remote:
+    """Syscalls executed by a stopped tracee, and access to its memory.
+
+    ``syscall_ip`` is an executable address holding 0x0f 0x05.  ``base`` are the registers
+    the injections start from (their rsp is kept so the kernel sees a sane stack).
+    """
+
+    def __init__(self, tracee: Tracee, syscall_ip: int, base: Regs, mem_fd: int,
+                 keep_signals: bool = True):
+        self.t = tracee
+        self.ip = syscall_ip
+        self.base = base
+        self.mem = mem_fd
+        self.keep_signals = keep_signals
+        self.children: list[tuple[int, int]] = []     # (event, new tid) from clone events
+
+    def call(self, name: str, *args: int, expect_exit: bool = False) -> int:
+        r = self.base.copy()
+        r.rax = nr(name)
+        r.orig_rax = 0xFFFFFFFFFFFFFFFF
+        r.rip = self.ip
+        for reg, v in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
+            setattr(r, reg, v & 0xFFFFFFFFFFFFFFFF)
+        self.t.setregs(r)
+        self.t._resume(PTRACE_SINGLESTEP)
+        while True:
+            st = self.t.wait()
+            if st.exited:
+                if expect_exit:
+                    return 0
+                raise TaskGone(self.t.tid, f"exited during injected {name}()")
+            if st.event in (EVENT_FORK, EVENT_VFORK, EVENT_CLONE):
+                self.children.append((st.event, self.t.geteventmsg()))
+                self.t._resume(PTRACE_SINGLESTEP)
+                continue
+            if st.event == EVENT_EXIT:
+                self.t._resume(PTRACE_SINGLESTEP)
+                continue
+            if st.event == EVENT_STOP:
+                self.t._resume(PTRACE_SINGLESTEP)
+                continue
+            if st.sig == signal.SIGTRAP:
+                break
+            if self.keep_signals:
+                self.t.intercepted.append(self.t.getsiginfo())
+            self.t._resume(PTRACE_SINGLESTEP)
+        ret = self.t.getregs().rax
+        if ret >= 2 ** 63:
+            ret -= 2 ** 64
+        if -4096 < ret < 0:
+            raise RemoteError(name, -ret, pid=self.t.tid, args=args)
+        return ret
+
+    def call_at_exit(self, name: str, *args: int, final: Regs) -> None:
+        """Run the last syscall with PTRACE_SYSCALL, stop at its exit, then set ``final``.
+
+        Used for the munmap of the scratch page that holds the syscall instruction itself.
+        """
+        r = self.base.copy()
+        r.rax = nr(name)
+        r.orig_rax = 0xFFFFFFFFFFFFFFFF
+        r.rip = self.ip
+        for reg, v in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
+            setattr(r, reg, v & 0xFFFFFFFFFFFFFFFF)
+        self.t.setregs(r)
+        for _ in range(2):          # syscall-entry stop, then syscall-exit stop
+            self.t._resume(PTRACE_SYSCALL)
+            while True:
+                st = self.t.wait()
+                if st.exited:
+                    raise TaskGone(self.t.tid, f"exited during injected {name}()")
+                if st.sig == (signal.SIGTRAP | 0x80) or (st.sig == signal.SIGTRAP and st.event == 0):
+                    break
+                self.t._resume(PTRACE_SYSCALL)
+        ret = self.t.getregs().rax
+        if ret >= 2 ** 63:
+            ret -= 2 ** 64
+        if -4096 < ret < 0:
+            raise RemoteError(name, -ret, pid=self.t.tid, args=args)
+        self.t.setregs(final)
+
+    # --- memory -------------------------------------------------------------------------------
+    def read(self, addr: int, n: int) -> bytes:
+        return pread_mem(self.mem, addr, n, self.t.tid)
+
+    def write(self, addr: int, data: bytes) -> None:
+        pwrite_mem(self.mem, addr, data, self.t.tid)
+
+
+def pread_mem(fd: int, addr: int, n: int, pid: int) -> bytes:
+    try:
+        data = os.pread(fd, n, addr)
+    except OSError as e:
+        raise KernelError("pread(/proc/PID/mem)", e.errno, pid=pid, args=(addr, n)) from None
+    if len(data) != n:
+        raise OperationFailed(f"pid {pid}: short read of memory at {addr:#x}", pid=pid)
+    return data
+
+
+def pwrite_mem(fd: int, addr: int, data, pid: int) -> None:
+    try:
+        n = os.pwrite(fd, data, addr)
+    except OSError as e:
+        raise KernelError("pwrite(/proc/PID/mem)", e.errno, pid=pid, args=(addr, len(data))) from None
+    if n != len(data):
+        raise OperationFailed(f"pid {pid}: short write of memory at {addr:#x}", pid=pid)
+
+
+def find_syscall_insn(mem_fd: int, start: int, end: int, pid: int) -> int | None:
+    """Address of a 0x0f 0x05 byte pair inside [start, end) (e.g. the vdso)."""
+    data = pread_mem(mem_fd, start, end - start, pid)
+    i = data.find(b"\x0f\x05")
+    return None if i < 0 else start + i

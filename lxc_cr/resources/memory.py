@@ -1,0 +1,364 @@
+"""Memory: the mappings of a process, their dumped pages and the mm fields.
+
+Dump (kernel-facts "Memory"):
+  * ``/proc/PID/maps`` lines ``start-end perms offset major:minor inode path``;
+  * ``/proc/PID/pagemap``, 8 bytes per page: bit 63 present, 62 swapped, 61 file-page or
+    shared-anon.  Private anonymous memory: present or swapped pages.  Private file
+    mappings: only the task's own copies (bit 61 clear).  Shared file mappings: nothing.
+  * shared anonymous memory (``/dev/zero (deleted)``, ``/memfd:...``) is one object per
+    inode, read once through ``/proc/PID/map_files/START-END`` with SEEK_DATA/SEEK_HOLE;
+  * pages are read with large preadv on ``/proc/PID/mem`` in runs of adjacent pages.
+
+Restore, executed by the task itself through injected syscalls: unmap what the task had,
+move [vvar_vclock]/[vvar]/[vdso] to the recorded addresses, mmap every recorded mapping,
+write the dumped pages with pwritev on ``/proc/PID/mem``, then PR_SET_MM_MAP.
+"""
+
+from __future__ import annotations
+
+import array
+import hashlib
+import os
+import struct
+
+from lxc_cr.errors import IncompatibleImage, RestoreFailed, Unsupported
+from lxc_cr.resources.memory_records import MM, PAGES, SHMEM, VMA
+
+PAGE = 4096
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x01, 0x02, 0x10, 0x20
+MAP_GROWSDOWN, MAP_NORESERVE, MAP_FIXED_NOREPLACE = 0x100, 0x4000, 0x100000
+MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
+PR_SET_MM, PR_SET_MM_MAP, PR_SET_MM_MAP_SIZE = 35, 14, 15
+O_RDONLY, O_RDWR, O_CLOEXEC = 0, 2, 0o2000000
+AT_FDCWD = -100
+
+PM_PRESENT, PM_SWAP, PM_FILE = 1 << 63, 1 << 62, 1 << 61
+SPECIAL = {"[vdso]": "vdso", "[vvar]": "vvar", "[vvar_vclock]": "vvar_vclock"}
+# VmFlags (smaps) tokens kept in the vma record's ``madv`` bits, and how to restore them.
+MADV_BITS = {"gd": 1, "dc": 2, "wf": 4, "hg": 8, "nh": 16, "dd": 32, "mg": 64}
+MADVISE = {2: 10, 4: 18, 8: 14, 16: 15, 32: 16, 64: 12}   # bit -> MADV_* (DONTFORK ...)
+TASK_SIZE = 0x7FFFFFFFF000  # x86_64, 4-level page tables
+MAX_RUN = 64 << 20          # bytes per data block
+
+
+def classify(m) -> str | None:
+    """The vma kind of a maps entry; None for what is never recorded ([vsyscall])."""
+    if m.path == "[vsyscall]":
+        return None
+    if m.path in SPECIAL:
+        return SPECIAL[m.path]
+    if m.path == "[heap]":
+        return "heap"
+    if m.path == "[stack]":
+        return "stack"
+    if m.path.startswith("/SYSV"):
+        return "sysv_shm"
+    if m.shared and (m.path.startswith("/dev/zero") or m.path.startswith("/memfd:")):
+        return "shmem"
+    if m.inode == 0 or m.path == "" or m.path.startswith("[anon"):
+        return "shmem" if m.shared else "anon"
+    return "file_shared" if m.shared else "file_private"
+
+
+def check(proc, pid: int, comm: str, maps) -> list[Unsupported]:
+    """Everything in this address space that the memory module cannot dump."""
+    out = []
+    for m in maps:
+        kind = classify(m)
+        if kind == "sysv_shm":
+            out.append(Unsupported(pid, comm, "SysV shared memory attachment",
+                                   where=f"mapping {m.start:#x}"))
+        elif kind in ("file_private", "file_shared") and m.deleted:
+            out.append(Unsupported(pid, comm, "mapping of a deleted file",
+                                   where=f"mapping {m.start:#x} {m.path}"))
+        elif kind == "file_shared" and m.path.startswith("/memfd:"):
+            pass
+        elif kind == "anon" and m.shared:
+            out.append(Unsupported(pid, comm, "shared anonymous mapping without inode",
+                                   where=f"mapping {m.start:#x}"))
+    return out
+
+
+def vdso_fingerprint(mem_fd: int, maps, pid: int) -> tuple[int, bytes]:
+    """(size, sha256) of the [vdso] mapping, to refuse a restore on a different vdso."""
+    for m in maps:
+        if m.path == "[vdso]":
+            size = m.end - m.start
+            return size, hashlib.sha256(os.pread(mem_fd, size, m.start)).digest()
+    return 0, b"\0" * 32
+
+
+# --- dump ---------------------------------------------------------------------------------
+
+def _runs(entries: array.array, want) -> list[tuple[int, int]]:
+    """[(first page index, count)] of adjacent entries for which want(entry) is true."""
+    runs = []
+    start = None
+    for i, e in enumerate(entries):
+        if want(e):
+            if start is None:
+                start = i
+        elif start is not None:
+            runs.append((start, i - start))
+            start = None
+    if start is not None:
+        runs.append((start, len(entries) - start))
+    return runs
+
+
+def _read_pagemap(pagemap_fd: int, start: int, end: int) -> array.array:
+    n = (end - start) // PAGE
+    a = array.array("Q")
+    a.frombytes(os.pread(pagemap_fd, n * 8, (start // PAGE) * 8))
+    return a
+
+
+def _dump_runs(writer, mem_fd, pid, shmem_id, base, runs, record_base=None):
+    """Read each run of pages from mem_fd (at base + page*4096) and write PAGES records."""
+    rb = base if record_base is None else record_base
+    for first, count in runs:
+        while count:
+            n = min(count, MAX_RUN // PAGE)
+            buf = bytearray(n * PAGE)
+            got = os.preadv(mem_fd, [buf], base + first * PAGE)
+            if got != len(buf):
+                raise RestoreFailed(f"pid {pid}: short read of {len(buf)} bytes at "
+                                    f"{base + first * PAGE:#x}", pid=pid)
+            ref = writer.write_block(buf)
+            writer.add(PAGES, dict(pid=pid, shmem_id=shmem_id, vaddr=rb + first * PAGE,
+                                   npages=n, block=ref))
+            first += n
+            count -= n
+    return
+
+
+def dump(ctx, task, remote) -> None:
+    """Write the MM, VMA and PAGES records of ``task`` (stopped, ``remote`` on its leader)."""
+    pid = task.pid
+    hp = task.host_pid
+    st = task.stat
+    brk = remote.call("brk", 0)
+    auxv = ctx.proc.auxv(hp)
+    exe = ctx.proc.readlink(hp, "exe")
+    try:
+        est = os.stat(f"/proc/{hp}/exe")
+        exe_dev, exe_ino = est.st_dev, est.st_ino
+    except OSError:
+        exe_dev = exe_ino = 0
+    ctx.writer.add(MM, dict(
+        pid=pid, start_code=st.start_code, end_code=st.end_code, start_data=st.start_data,
+        end_data=st.end_data, start_brk=st.start_brk, brk=brk, start_stack=st.start_stack,
+        arg_start=st.arg_start, arg_end=st.arg_end, env_start=st.env_start,
+        env_end=st.env_end, auxv=auxv, exe=exe, exe_dev=exe_dev, exe_ino=exe_ino))
+    vmflags = ctx.proc_vmflags(hp)
+    pagemap_fd = os.open(f"/proc/{hp}/pagemap", os.O_RDONLY)
+    try:
+        for m in task.maps:
+            kind = classify(m)
+            if kind is None or m.start == task.scratch:
+                continue
+            madv = 0
+            for tok in vmflags.get(m.start, ()):
+                madv |= MADV_BITS.get(tok, 0)
+            dev = ino = size = mtime = 0
+            shmem_id = 0
+            if kind in ("file_private", "file_shared"):
+                try:
+                    fst = os.stat(f"/proc/{hp}/map_files/{m.start:x}-{m.end:x}")
+                except OSError:
+                    fst = os.stat(f"/proc/{hp}/root{m.path}")
+                dev, ino, size, mtime = fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns
+            if kind == "shmem":
+                shmem_id = _dump_shmem(ctx, hp, m)
+            ctx.writer.add(VMA, dict(pid=pid, start=m.start, end=m.end, prot=m.prot,
+                                     shared=m.shared, kind=kind, pgoff=m.pgoff, dev=dev,
+                                     ino=ino, size=size, mtime_ns=mtime, shmem_id=shmem_id,
+                                     madv=madv, path=m.path))
+            if kind in ("anon", "heap", "stack"):
+                want = lambda e: e & (PM_PRESENT | PM_SWAP)
+            elif kind == "file_private":
+                want = lambda e: (e & (PM_PRESENT | PM_SWAP)) and not e & PM_FILE
+            else:
+                continue
+            entries = _read_pagemap(pagemap_fd, m.start, m.end)
+            runs = _runs(entries, want)
+            ctx.stats["pages_scanned"] += len(entries)
+            ctx.stats["pages_written"] += sum(c for _, c in runs)
+            _dump_runs(ctx.writer, task.mem_fd, pid, 0, m.start, runs)
+    finally:
+        os.close(pagemap_fd)
+
+
+def _dump_shmem(ctx, host_pid: int, m) -> int:
+    """Dump a shared anonymous object once; return its id."""
+    if m.inode in ctx.shmem_ids:
+        return ctx.shmem_ids[m.inode]
+    sid = len(ctx.shmem_ids) + 1
+    ctx.shmem_ids[m.inode] = sid
+    fd = os.open(f"/proc/{host_pid}/map_files/{m.start:x}-{m.end:x}", os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        ctx.writer.add(SHMEM, dict(shmem_id=sid, size=size, ino=m.inode))
+        runs = []
+        off = 0
+        while off < size:
+            try:
+                data = os.lseek(fd, off, os.SEEK_DATA)
+            except OSError:
+                break
+            hole = os.lseek(fd, data, os.SEEK_HOLE)
+            first = data // PAGE
+            last = (min(hole, size) + PAGE - 1) // PAGE
+            runs.append((first, last - first))
+            off = last * PAGE
+        _dump_runs(ctx.writer, fd, 0, sid, 0, runs)
+    finally:
+        os.close(fd)
+    return sid
+
+
+# --- restore ------------------------------------------------------------------------------
+
+def prepare_shmem(reader, records) -> dict[int, int]:
+    """In the restorer: one memfd per shmem object, filled; {shmem_id: fd} (inherited)."""
+    fds = {}
+    for obj in records["shmem"]:
+        fd = os.memfd_create(f"lxc-cr-shmem-{obj.shmem_id}", 0)
+        os.ftruncate(fd, obj.size)
+        fds[obj.shmem_id] = fd
+    for p in records["pages"]:
+        if p.shmem_id:
+            data = reader.read_block(p.block)
+            os.pwrite(fds[p.shmem_id], data, p.vaddr)
+    return fds
+
+
+def free_address(ranges: list[tuple[int, int]], size: int,
+                 top: int = 0x7E0000000000, floor: int = 0x10000000000) -> int:
+    """A page-aligned address where [addr, addr+size) overlaps none of ``ranges``."""
+    addr = top
+    step = 1 << 30
+    while addr > floor:
+        if all(addr + size <= s or addr >= e for s, e in ranges):
+            return addr
+        addr -= step
+    raise RestoreFailed("no free address range for the restore scratch page")
+
+
+def restore(ctx, task, remote) -> None:
+    """Rebuild the address space of ``task`` (a stopped clone of the restorer)."""
+    pid = task.pid
+    vmas = ctx.by_pid("vma", pid)
+    mm = ctx.one("mm", pid)
+    scratch = ctx.scratch
+    current = ctx.proc.maps(task.host_pid)
+    # 1. unmap everything but the scratch page and the special mappings
+    keep = [(m.start, m.end) for m in current if m.path in SPECIAL]
+    keep.append((scratch, scratch + PAGE))
+    keep.sort()
+    cursor = 0
+    for s, e in keep + [(TASK_SIZE, TASK_SIZE)]:
+        if s > cursor:
+            remote.call("munmap", cursor, s - cursor)
+        cursor = max(cursor, e)
+    # 2. move the special mappings to the recorded addresses
+    _move_specials(ctx, remote, current, vmas, scratch)
+    # 3. map every recorded mapping
+    for v in vmas:
+        kind = str(v.kind)
+        if kind in SPECIAL.values():
+            continue
+        length = v.end - v.start
+        if kind in ("anon", "heap", "stack"):
+            flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE
+            if v.madv & MADV_BITS["gd"]:
+                flags |= MAP_GROWSDOWN
+            addr = remote.call("mmap", v.start, length, v.prot, flags, -1, 0)
+        elif kind == "shmem":
+            fd = ctx.shmem_fds[v.shmem_id]
+            addr = remote.call("mmap", v.start, length, v.prot,
+                               MAP_SHARED | MAP_FIXED, fd, v.pgoff)
+        else:
+            fd = _open_checked(ctx, remote, task, v.path, O_RDWR if v.shared and v.prot & PROT_WRITE else O_RDONLY,
+                               v.dev, v.ino, v.size, v.mtime_ns)
+            try:
+                addr = remote.call("mmap", v.start, length, v.prot,
+                                   (MAP_SHARED if v.shared else MAP_PRIVATE) | MAP_FIXED, fd, v.pgoff)
+            finally:
+                remote.call("close", fd)
+        if addr != v.start:
+            raise RestoreFailed(f"pid {pid}: mmap at {v.start:#x} gave {addr:#x}", pid=pid)
+        for bit, advice in MADVISE.items():
+            if v.madv & bit:
+                try:
+                    remote.call("madvise", v.start, length, advice)
+                except Exception:
+                    pass
+    # 4. the dumped pages
+    for p in ctx.by_pid("pages", pid):
+        if p.shmem_id:
+            continue
+        buf = bytearray(p.npages * PAGE)
+        ctx.reader.read_block_into(p.block, buf)
+        ctx.stats["pages_restored"] += p.npages
+        n = os.pwritev(task.mem_fd, [buf], p.vaddr)
+        if n != len(buf):
+            raise RestoreFailed(f"pid {pid}: short write of pages at {p.vaddr:#x}", pid=pid)
+    # 5. the mm fields
+    _set_mm(ctx, remote, task, mm)
+
+
+def _open_checked(ctx, remote, task, path, flags, dev, ino, size, mtime_ns) -> int:
+    remote.write(ctx.scratch + 2048, path.encode() + b"\0")
+    fd = remote.call("openat", AT_FDCWD, ctx.scratch + 2048, flags | O_CLOEXEC, 0)
+    st = os.stat(f"/proc/{task.host_pid}/fd/{fd}")
+    if size and (st.st_size != size or st.st_mtime_ns != mtime_ns):
+        remote.call("close", fd)
+        raise RestoreFailed(f"pid {task.pid}: {path}: file changed since the checkpoint "
+                            f"(size {st.st_size} vs {size})", pid=task.pid)
+    return fd
+
+
+def _move_specials(ctx, remote, current, vmas, scratch) -> None:
+    cur = {m.path: (m.start, m.end) for m in current if m.path in SPECIAL}
+    want = {("[" + str(v.kind) + "]"): (v.start, v.end) for v in vmas
+            if str(v.kind) in SPECIAL.values()}
+    for name, (s, e) in want.items():
+        if name not in cur:
+            raise IncompatibleImage(ctx.path, f"this kernel has no {name} mapping")
+        if cur[name][1] - cur[name][0] != e - s:
+            raise IncompatibleImage(ctx.path, f"{name} is {cur[name][1] - cur[name][0]} bytes "
+                                    f"here, {e - s} in the image (different kernel)")
+    if all(cur.get(n) == want[n] for n in want):
+        return
+    # park every special mapping somewhere free first, then move it to its place
+    busy = [(s, e) for s, e in cur.values()] + list(want.values()) + [(scratch, scratch + PAGE)]
+    busy += [(v.start, v.end) for v in vmas]
+    parked = {}
+    for name, (s, e) in cur.items():
+        tmp = free_address(busy, e - s, top=0x7D0000000000)
+        busy.append((tmp, tmp + e - s))
+        remote.call("mremap", s, e - s, e - s, MREMAP_MAYMOVE | MREMAP_FIXED, tmp)
+        parked[name] = tmp
+    for name, (s, e) in want.items():
+        remote.call("mremap", parked.pop(name), e - s, e - s, MREMAP_MAYMOVE | MREMAP_FIXED, s)
+    for name, tmp in parked.items():      # specials the image did not have
+        s, e = cur[name]
+        remote.call("munmap", tmp, e - s)
+
+
+def _set_mm(ctx, remote, task, mm) -> None:
+    """prctl(PR_SET_MM, PR_SET_MM_MAP, &struct prctl_mm_map, sizeof) with exe_fd."""
+    auxv = list(mm.auxv)
+    auxv_addr = ctx.scratch + 1024
+    remote.write(auxv_addr, struct.pack(f"<{len(auxv)}Q", *auxv))
+    exe_fd = _open_checked(ctx, remote, task, mm.exe, O_RDONLY, mm.exe_dev, mm.exe_ino, 0, 0)
+    try:
+        m = struct.pack("<11QQII", mm.start_code, mm.end_code, mm.start_data, mm.end_data,
+                        mm.start_brk, mm.brk, mm.start_stack, mm.arg_start, mm.arg_end,
+                        mm.env_start, mm.env_end, auxv_addr, len(auxv) * 8, exe_fd)
+        remote.write(ctx.scratch + 512, m)
+        remote.call("prctl", PR_SET_MM, PR_SET_MM_MAP, ctx.scratch + 512, len(m), 0)
+    finally:
+        remote.call("close", exe_fd)

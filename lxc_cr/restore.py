@@ -1,0 +1,425 @@
+"""Restore orchestrator: rebuild a recorded tree with injected syscalls only.
+
+  0. read and verify the whole image before any process exists;
+  1. fork the init of a fresh pid namespace from the restorer; it unshares the other
+     recorded namespace kinds, sets them up, and blocks; we seize it;
+  2. fork the tree: clone3 with set_tid injected into each parent (exact pids, ppids),
+     setsid/setpgid in the child, zombies exit with their recorded status;
+  3. rebuild each process: memory, signal dispositions, attributes, fds, then its other
+     threads (clone3 CLONE_THREAD with set_tid) and every thread's own state;
+  4. credentials, last, because they drop the privileges the steps above need;
+  5. release: final registers and signal masks everywhere, the scratch page unmapped by
+     its last syscall (PTRACE_SYSCALL exit stop), then every thread detached together.
+If anything fails, every process created so far is killed (the pid namespace's init
+first, which takes the whole namespace with it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from lxc_cr import faults
+from lxc_cr.errors import IncompatibleImage, LxcCrError, RestoreFailed
+from lxc_cr.kernel import sys as ksys
+from lxc_cr.kernel.procfs import Proc
+from lxc_cr.kernel.ptrace import (O_EXITKILL, O_TRACECLONE, O_TRACEFORK, O_TRACESYSGOOD,
+                                  O_TRACEVFORK, Regs, Remote, Tracee, find_syscall_insn)
+
+PAGE = 4096
+ALL_SIGNALS = (1 << 64) - 1 & ~((1 << 8) | (1 << 18))
+OPTIONS = O_TRACESYSGOOD | O_TRACEFORK | O_TRACEVFORK | O_TRACECLONE | O_EXITKILL
+CLONE_VM, CLONE_FS, CLONE_FILES, CLONE_SIGHAND = 0x100, 0x200, 0x400, 0x800
+CLONE_THREAD, CLONE_SYSVSEM, CLONE_NEWPID = 0x10000, 0x40000, 0x20000000
+THREAD_FLAGS = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM
+PROT_RWX, MAP_PRIVATE_ANON_FIXED_NOREPLACE = 7, 0x22 | 0x100000
+
+
+@dataclass
+class Live:
+    """A process being rebuilt."""
+    rec: object                   # its TASK record
+    host_pid: int
+    mem_fd: int = -1
+    threads: dict = field(default_factory=dict)     # tid -> (Tracee, Remote)
+
+    @property
+    def pid(self) -> int:
+        return self.rec.pid
+
+
+class RestoreCtx:
+    def __init__(self, reader, path: str):
+        self.reader = reader
+        self.path = path
+        self.proc = Proc()
+        self.stats = {"pages_restored": 0}
+        self.scratch = 0
+        self.shmem_fds: dict[int, int] = {}
+        self.fd_owner: dict[int, tuple[int, int]] = {}
+        self.created: list[int] = []       # host pids, to kill if the restore fails
+        self.records: dict[str, list] = defaultdict(list)
+        self._by_pid: dict[tuple[str, int], list] = defaultdict(list)
+        for kind, obj in reader.records():
+            if kind is None:
+                continue
+            self.records[kind.name].append(obj)
+            if "pid" in obj:
+                self._by_pid[(kind.name, obj.pid)].append(obj)
+
+    def by_pid(self, kind: str, pid: int) -> list:
+        return self._by_pid.get((kind, pid), [])
+
+    def one(self, kind: str, pid: int):
+        recs = self.by_pid(kind, pid)
+        if len(recs) != 1:
+            raise RestoreFailed(f"{self.path}: expected one {kind} record for pid {pid}, "
+                                f"found {len(recs)}")
+        return recs[0]
+
+
+def restore_tree(image: str, pidfile: str | None = None) -> dict:
+    from lxc_cr.image.reader import ImageReader
+    t0 = time.monotonic()
+    with ImageReader(image) as reader:
+        reader.verify()
+        ctx = RestoreCtx(reader, image)
+        _validate(ctx)
+        try:
+            init_pid, lives = _build(ctx)
+            t_forked = ctx.t_forked
+            faults.step("restore", "released")
+        except BaseException:
+            _kill_all(ctx.created)
+            raise
+    root = lives[0]
+    if pidfile:
+        tmp = f"{pidfile}.tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{root.host_pid}\n")
+        os.rename(tmp, pidfile)
+    t_end = time.monotonic()
+    return {"root_host_pid": root.host_pid, "init_host_pid": init_pid,
+            "forking_time": int((t_forked - t0) * 1e6),
+            "restore_time": int((t_end - t0) * 1e6),
+            "pages_restored": ctx.stats["pages_restored"], "tasks": len(lives)}
+
+
+def _validate(ctx: RestoreCtx) -> None:
+    tasks = ctx.records["task"]
+    if not tasks:
+        raise RestoreFailed(f"{ctx.path}: the image records no process")
+    pids = set()
+    for t in tasks:
+        if t.pid in pids:
+            raise RestoreFailed(f"{ctx.path}: pid {t.pid} recorded twice")
+        if t.ppid and t.ppid not in pids and t is not tasks[0]:
+            raise RestoreFailed(f"{ctx.path}: pid {t.pid} recorded before its parent {t.ppid}")
+        pids.add(t.pid)
+    hdr = ctx.reader.header
+    if getattr(hdr, "arch", "x86_64") not in ("x86_64", ""):
+        raise IncompatibleImage(ctx.path, f"image is for {hdr.arch}, this host is x86_64")
+
+
+# --- building -----------------------------------------------------------------------------
+
+def _build(ctx: RestoreCtx):
+    from lxc_cr.resources import memory
+    tasks = ctx.records["task"]
+    root = tasks[0]
+    ctx.shmem_fds = memory.prepare_shmem(ctx.reader, ctx.records)
+    init_pid, init = _start_init(ctx)
+    lives: list[Live] = []
+    try:
+        _setup_scratch(ctx, init, tasks)
+        by_pid: dict[int, Live] = {}
+        if root.pid == 1:
+            live = Live(root, init_pid)
+            live.mem_fd = init.mem_fd
+            live.threads[1] = (init.tracee, init.remote)
+            by_pid[1] = live
+            lives.append(live)
+            _session(ctx, live, None)
+        else:
+            init_live = Live(None, init_pid)
+            init_live.threads[0] = (init.tracee, init.remote)
+            by_pid[0] = init_live
+        for rec in tasks:
+            if rec.pid in by_pid:
+                continue
+            parent = by_pid.get(rec.ppid) or by_pid.get(0)
+            if parent is None:
+                raise RestoreFailed(f"{ctx.path}: parent {rec.ppid} of pid {rec.pid} missing")
+            live = _fork(ctx, parent, rec)
+            by_pid[rec.pid] = live
+            lives.append(live)
+            faults.step("restore", f"forked {rec.pid}")
+        ctx.t_forked = time.monotonic()
+        if root.pid != 1:
+            _release_reaper(ctx, by_pid[0])
+        for live in lives:
+            if live.rec.state != "Z":
+                _rebuild(ctx, live)
+                faults.step("restore", f"rebuilt {live.pid}")
+        for live in lives:
+            if live.rec.state != "Z":
+                _credentials(ctx, live)
+        faults.step("restore", "credentials")
+        _release(ctx, lives)
+        os.close(init.ready_r)
+        return init_pid, lives
+    finally:
+        for fd in ctx.shmem_fds.values():
+            os.close(fd)
+        ctx.shmem_fds = {}
+
+
+class _Init:
+    pass
+
+
+def _start_init(ctx: RestoreCtx):
+    """Fork the init of a fresh pid namespace; it sets up the other namespaces and blocks."""
+    from lxc_cr.resources import namespaces
+    ns_recs = ctx.records["ns"]
+    uts = (ctx.records["uts"] or [None])[0]
+    links = ctx.records["net_link"]
+    mnt_own = any(str(r.kind) == "mnt" and r.own for r in ns_recs)
+    ksys.unshare(ksys.CLONE_NEWPID)
+    go_r, go_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid:
+        ctx.created.append(pid)
+    if pid == 0:                                        # the future init, pid 1
+        try:
+            os.close(go_w)
+            os.close(ready_r)
+            namespaces.setup_in_child(ns_recs, uts, links, mount_proc=mnt_own)
+            os.write(ready_w, b"ok")
+        except BaseException as e:                     # report and leave
+            try:
+                os.write(ready_w, f"namespace setup failed: {e}".encode()[:400])
+            finally:
+                os._exit(1)
+        os.read(go_r, 1)          # blocked here until taken over (or released as reaper)
+        while True:               # a reaper for a tree whose root is not pid 1
+            try:
+                os.wait()
+            except ChildProcessError:
+                os._exit(0)
+            except InterruptedError:
+                continue
+    os.close(go_r)
+    os.close(ready_w)
+    msg = os.read(ready_r, 512)
+    os.close(ready_r)
+    init = _Init()
+    init.ready_r = go_w          # closing it lets a reaper init run on
+    if msg != b"ok":
+        os.waitpid(pid, 0)
+        raise RestoreFailed(msg.decode(errors="replace") or "restore init died")
+    init.tracee = Tracee.seize(pid, OPTIONS)
+    init.tracee.interrupt()
+    init.tracee.set_sigmask(ALL_SIGNALS)
+    init.mem_fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
+    maps = ctx.proc.maps(pid)
+    vdso = [m for m in maps if m.path == "[vdso]"]
+    ip = find_syscall_insn(init.mem_fd, vdso[0].start, vdso[0].end, pid) if vdso else None
+    if ip is None:
+        raise RestoreFailed("no syscall instruction in the restorer's vdso")
+    init.base = init.tracee.getregs()
+    init.remote = Remote(init.tracee, ip, init.base, init.mem_fd, keep_signals=False)
+    _check_host(ctx, init, maps)
+    return pid, init
+
+
+def _check_host(ctx, init, maps) -> None:
+    from lxc_cr.resources import memory
+    hdr = ctx.reader.header
+    from lxc_cr.dump import _xcr0
+    here = _xcr0(init.tracee.get_xstate())
+    want = getattr(hdr, "xcr0", 0) or 0
+    if want & ~here:
+        raise IncompatibleImage(ctx.path, f"the image needs xsave features {want:#x}, this "
+                                f"CPU has {here:#x} (missing {want & ~here:#x})")
+    size, digest = memory.vdso_fingerprint(init.mem_fd, maps, init.tracee.tid)
+    if getattr(hdr, "vdso_size", 0) and (size != hdr.vdso_size or digest != bytes(hdr.vdso_hash)):
+        raise IncompatibleImage(ctx.path, f"the vdso differs from the checkpoint's "
+                                f"({size} vs {hdr.vdso_size} bytes): a different kernel")
+
+
+def _setup_scratch(ctx, init, tasks) -> None:
+    """A rwx page holding ``syscall`` at an address free in every recorded layout."""
+    from lxc_cr.resources import memory
+    ranges = [(v.start, v.end) for v in ctx.records["vma"]]
+    ranges += [(m.start, m.end) for m in ctx.proc.maps(init.tracee.tid)]
+    ctx.scratch = memory.free_address(ranges, PAGE)
+    got = init.remote.call("mmap", ctx.scratch, PAGE, PROT_RWX, MAP_PRIVATE_ANON_FIXED_NOREPLACE,
+                           -1, 0)
+    if got != ctx.scratch:
+        raise RestoreFailed(f"scratch page at {ctx.scratch:#x} mapped at {got:#x}")
+    init.remote.write(ctx.scratch, b"\x0f\x05\xcc\xcc")
+    init.remote.ip = ctx.scratch
+
+
+def _clone_args(ctx, remote, flags: int, exit_signal: int, set_tid: list[int]) -> int:
+    base = ctx.scratch + 3072
+    tids = base + 128
+    remote.write(tids, struct.pack(f"<{len(set_tid)}i", *set_tid))
+    args = struct.pack("<11Q", flags, 0, 0, 0, exit_signal, 0, 0, 0, tids, len(set_tid), 0)
+    remote.write(base, args)
+    return base
+
+
+def _fork(ctx, parent: Live, rec) -> Live:
+    """clone3 with set_tid injected into the parent; the child is auto-attached."""
+    tracee, remote = next(iter(parent.threads.values()))
+    nspids = list(rec.nspids)
+    parent_depth = len(parent.rec.nspids) if parent.rec is not None else 1
+    flags = CLONE_NEWPID if len(nspids) > parent_depth else 0
+    args = _clone_args(ctx, remote, flags, rec.exit_signal or signal.SIGCHLD,
+                       list(reversed(nspids)))
+    remote.children.clear()
+    got = remote.call("clone3", args, 88)
+    if got != rec.pid and not flags:
+        raise RestoreFailed(f"clone3 gave pid {got}, wanted {rec.pid}")
+    if not remote.children:
+        raise RestoreFailed(f"no fork event for pid {rec.pid}")
+    host = remote.children[-1][1]
+    ctx.created.append(host)
+    child = Tracee.adopt(host)
+    child.set_sigmask(ALL_SIGNALS)
+    base = child.getregs()
+    mem_fd = os.open(f"/proc/{host}/mem", os.O_RDWR)
+    live = Live(rec, host, mem_fd)
+    live.threads[rec.pid] = (child, Remote(child, ctx.scratch, base, mem_fd, keep_signals=False))
+    _session(ctx, live, parent)
+    if rec.state == "Z":
+        _make_zombie(ctx, live)
+    return live
+
+
+def _session(ctx, live: Live, parent: Live | None) -> None:
+    rec = live.rec
+    tracee, remote = live.threads[rec.pid]
+    if rec.sid == rec.pid:
+        remote.call("setsid")
+    elif parent is not None and parent.rec is not None and rec.sid != parent.rec.sid:
+        raise RestoreFailed(f"pid {rec.pid}: session {rec.sid} is neither its own nor its "
+                            f"parent's ({parent.rec.sid}): not supported")
+    if rec.pgid == rec.pid and rec.sid != rec.pid:
+        remote.call("setpgid", 0, 0)
+    elif rec.pgid and rec.pgid != rec.pid and parent is not None and parent.rec is not None \
+            and rec.pgid != parent.rec.pgid:
+        remote.call("setpgid", 0, rec.pgid)
+
+
+def _make_zombie(ctx, live: Live) -> None:
+    status = live.rec.exit_code
+    tracee, remote = live.threads[live.pid]
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        remote.write(ctx.scratch + 256, struct.pack("<QQQQ", 0, 0x04000000, 0, 0))
+        remote.call("rt_sigaction", sig, ctx.scratch + 256, 0, 8)
+        tracee.set_sigmask(0)
+        remote.call("kill", live.pid, sig, expect_exit=True)
+    else:
+        remote.call("exit_group", os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0,
+                    expect_exit=True)
+    if tracee.state.value != "gone":      # delivered as a signal-stop: let it die
+        from lxc_cr.kernel.ptrace import PTRACE_CONT
+        tracee._resume(PTRACE_CONT, os.WTERMSIG(status))
+        tracee.wait()
+    os.close(live.mem_fd)
+    live.mem_fd = -1
+    live.threads.clear()
+
+
+def _release_reaper(ctx, init_live: Live) -> None:
+    tracee, remote = init_live.threads[0]
+    remote.call("munmap", ctx.scratch, PAGE)
+    tracee.setregs(remote.base)
+    tracee.set_sigmask(0)
+    tracee.detach()
+    init_live.threads.clear()
+
+
+def _rebuild(ctx, live: Live) -> None:
+    from lxc_cr.resources import files, memory, signals, task as task_mod
+    from lxc_cr.resources import threads as threads_mod
+    from lxc_cr.resources.threads import unregister_rseq
+    leader, remote = live.threads[live.pid]
+    unregister_rseq(leader, remote)
+    memory.restore(ctx, live, remote)
+    signals.restore(ctx, live, remote)
+    task_mod.restore(ctx, live.rec, remote)
+    keep = set()
+    files.restore(ctx, live, remote, keep)
+    trecs = ctx.by_pid("thread", live.pid)
+    for th in trecs:
+        if th.tid == live.pid:
+            continue
+        args = _clone_args(ctx, remote, THREAD_FLAGS, 0, list(reversed(th.nstids)))
+        remote.children.clear()
+        remote.call("clone3", args, 88)
+        if not remote.children:
+            raise RestoreFailed(f"no clone event for thread {th.tid} of pid {live.pid}")
+        t = Tracee.adopt(remote.children[-1][1], pid=live.host_pid)
+        t.set_sigmask(ALL_SIGNALS)
+        live.threads[th.tid] = (t, Remote(t, ctx.scratch, t.getregs(), live.mem_fd,
+                                          keep_signals=False))
+    for th in trecs:
+        tr, rm = live.threads[th.tid]
+        threads_mod.restore(ctx, live, th, tr, rm)
+    signals.restore_pending(ctx, live, None,
+                            {tid: rm for tid, (tr, rm) in live.threads.items()})
+
+
+def _credentials(ctx, live: Live) -> None:
+    from lxc_cr.resources import creds, task as task_mod
+    for c in ctx.by_pid("creds", live.pid):
+        tr, rm = live.threads[c.tid]
+        creds.restore(ctx, c, rm)
+    task_mod.restore_late(ctx, live.rec, live.threads[live.pid][1])
+
+
+def _release(ctx, lives: list[Live]) -> None:
+    from lxc_cr.resources.threads import final_regs
+    for live in lives:
+        if not live.threads:
+            continue
+        trecs = {th.tid: th for th in ctx.by_pid("thread", live.pid)}
+        order = [tid for tid in live.threads if tid != live.pid] + [live.pid]
+        for tid in order:
+            tr, rm = live.threads[tid]
+            regs = final_regs(trecs[tid])
+            if tid == live.pid:
+                rm.call_at_exit("munmap", ctx.scratch, PAGE, final=regs)
+            else:
+                tr.setregs(regs)
+            tr.set_sigmask(trecs[tid].sigmask)
+    for live in lives:
+        for tr, rm in live.threads.values():
+            tr.detach()
+        if live.mem_fd >= 0:
+            os.close(live.mem_fd)
+            live.mem_fd = -1
+
+
+def _kill_all(created: list[int]) -> None:
+    """Leave nothing half-built behind: kill the namespace's init and every task."""
+    for p in created:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for p in created:
+        try:
+            os.waitpid(p, ksys.WALL)
+        except ChildProcessError:
+            pass
