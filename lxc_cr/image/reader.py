@@ -292,21 +292,45 @@ class ImageReader:
             yield off, k, obj
 
     def verify(self) -> None:
-        """Check every record (checksum, decoding) and every data block (bounds, crc32,
-        codec, decompressed length).  Restore calls this before creating any process."""
-        seen = set()
-        for off, _kind, obj in self.records_with_offsets():
+        """Check every byte of the file: every record (checksum, decoding), every data block
+        (bounds, crc32, codec, decompressed length), and that whatever lies between them
+        (alignment padding) is zero.  Restore calls this before creating any process."""
+        seen = {}
+        for _off, _kind, obj in self.records_with_offsets():
             for ref in iter_block_refs(obj):
-                key = (ref["offset"], ref["stored"], ref["crc32"], ref["codec"], ref["length"])
-                if key in seen:
+                key = (ref["offset"], ref["stored"])
+                old = seen.get(key)
+                if old is not None:
+                    if (old["crc32"], old["codec"], old["length"]) != \
+                            (ref["crc32"], ref["codec"], ref["length"]):
+                        raise self.error("two references to one block disagree",
+                                         ref["offset"], "block")
                     continue
-                seen.add(key)
+                seen[key] = ref
                 self._check_ref(ref)
                 if ref["codec"] == F.CODEC_RAW:
                     self._stored_crc(ref)
                 else:
                     for _ in self._zstd_chunks(ref):
                         pass
+        spans = [(off, length, "record") for _tag, off, length in self.index]
+        spans += [(off, stored, "block") for off, stored in seen if stored]
+        self._check_gaps(sorted(spans))
+
+    def _check_gaps(self, spans) -> None:
+        """Spans must not overlap; the bytes between them must be zero."""
+        pos = F.HEADER_SIZE
+        for off, length, what in spans + [(self.index_offset, 0, "index")]:
+            if off < pos:
+                raise self.error(f"{what} at offset {off} overlaps the data before it", off)
+            while pos < off:
+                n = min(off - pos, _CHUNK)
+                data = self.pread(n, pos)
+                if data.count(0) != n:
+                    first = pos + n - len(data.lstrip(b"\0"))
+                    raise self.error("non-zero byte in padding", first)
+                pos += n
+            pos = off + length
 
     # --- blocks ------------------------------------------------------------------------
 
