@@ -376,15 +376,19 @@ class ImageReader:
                     break
                 yield out
         except zstandard.ZstdError as e:
+            self._finish_crc(src, ref)       # a corrupt block: say so rather than "zstd"
             raise self.error(f"zstd block: {e}", ref["offset"], "block") from None
+        self._finish_crc(src, ref)
+        if total != ref["length"]:
+            raise self.error(f"zstd block decompresses to {'more than ' if total > ref['length'] else ''}"
+                             f"{total} bytes, expected {ref['length']}", ref["offset"], "block")
+
+    def _finish_crc(self, src: _Region, ref) -> None:
         while src.read(_CHUNK):   # the rest of the stored bytes, for the crc
             pass
         if src.crc != ref["crc32"]:
             raise self.error(f"block checksum mismatch ({src.crc:#010x}, expected "
                              f"{ref['crc32']:#010x})", ref["offset"], "block")
-        if total != ref["length"]:
-            raise self.error(f"zstd block decompresses to {'more than ' if total > ref['length'] else ''}"
-                             f"{total} bytes, expected {ref['length']}", ref["offset"], "block")
 
     def read_block(self, ref, check: bool = True) -> bytes:
         """The (decompressed) bytes of the block ``ref`` (a BlockRef Container or dict)."""
