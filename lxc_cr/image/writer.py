@@ -16,6 +16,8 @@ import os
 import time
 import zlib
 
+import construct as cs
+
 from lxc_cr.errors import ImageError, OperationFailed
 from lxc_cr.image import format as F
 from lxc_cr.image.kinds import RecordKind
@@ -145,7 +147,13 @@ class ImageWriter:
         if kind is None:
             self.add_raw(obj.tag, bytes(obj))
             return
-        self.add_raw(kind.tag, kind.build(obj))
+        try:
+            payload = kind.build(obj)
+        except (cs.ConstructError, TypeError, ValueError, KeyError, UnicodeError) as e:
+            why = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+            raise OperationFailed(f"{self.path}: cannot encode a {kind.name} record: {why}",
+                                  path=self.path, section=kind.name) from e
+        self.add_raw(kind.tag, payload)
 
     def add_raw(self, tag: int, payload: bytes) -> None:
         """Append one record whose payload is already built."""

@@ -183,3 +183,12 @@ def test_block_ref_outside_file(tmp_path):
             r.read_block(dict(bad, offset=4096, codec=7))
         with pytest.raises(ImageError, match="implausible"):
             r.read_block(dict(offset=4096, length=1 << 50, stored=10, codec=1, crc32=0))
+
+
+def test_bad_record_value_is_a_typed_error(tmp_path):
+    from lxc_cr.errors import OperationFailed
+    with pytest.raises(OperationFailed, match="cannot encode a uts record") as ei:
+        with ImageWriter(tmp_path / "img") as w:
+            w.add(kinds.by_name("uts"), dict(hostname=5, domainname=""))
+    assert ei.value.section == "uts"
+    assert os.listdir(tmp_path) == []
