@@ -269,13 +269,22 @@ class ImageReader:
                                      f"(tag {tag:#06x}, length {length})", off, _name(tag))
                 yield tag, off, fr.body.value.payload
 
-    def decode(self, tag: int, payload: bytes, offset: int | None = None):
-        """(kind, obj) of one record payload; unknown tags give (None, RawRecord)."""
+    def decode(self, tag: int, payload: bytes, offset: int | None = None,
+               canonical: bool = False):
+        """(kind, obj) of one record payload; unknown tags give (None, RawRecord).
+
+        ``canonical``: also require that the record re-encodes to the same bytes (a Flag
+        byte other than 0/1, an over-long varint would not), so inspect and convert lose
+        nothing; verify() asks for it.
+        """
         kind = K.by_tag(tag)
         if kind is None:
             return None, RawRecord(tag, payload)
         try:
             obj = _strict(kind).parse(payload)
+            if canonical and kind.build(obj) != payload:
+                raise self.error(f"{kind.name} record is not canonically encoded", offset,
+                                 kind.name)
         except _DECODE_ERRORS as e:
             raise self.error(f"bad {kind.name} record: {_short(e)}", offset, kind.name) from None
         return kind, migrate.record_to_current(kind, obj, self.format.version)
@@ -296,7 +305,8 @@ class ImageReader:
         (bounds, crc32, codec, decompressed length), and that whatever lies between them
         (alignment padding) is zero.  Restore calls this before creating any process."""
         seen = {}
-        for _off, _kind, obj in self.records_with_offsets():
+        for tag, off, payload in self.raw_records():
+            _kind, obj = self.decode(tag, payload, off, canonical=True)
             for ref in iter_block_refs(obj):
                 key = (ref["offset"], ref["stored"])
                 old = seen.get(key)

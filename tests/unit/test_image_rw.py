@@ -192,3 +192,19 @@ def test_bad_record_value_is_a_typed_error(tmp_path):
             w.add(kinds.by_name("uts"), dict(hostname=5, domainname=""))
     assert ei.value.section == "uts"
     assert os.listdir(tmp_path) == []
+
+
+def test_non_canonical_record_refused_by_verify(tmp_path):
+    """A Flag byte of 2 parses as True but re-encodes as 1: verify refuses it, so every
+    verified image recodes to identical bytes."""
+    p = tmp_path / "img"
+    ns = kinds.by_name("ns")
+    payload = bytearray(ns.build(dict(kind="net", ino=5, own=True)))
+    payload[-1] = 2
+    with ImageWriter(p) as w:
+        w.add_raw(ns.tag, bytes(payload))
+    with ImageReader(p) as r:
+        (k, obj), = r.records()
+        assert obj.own is True
+        with pytest.raises(ImageError, match="not canonically encoded"):
+            r.verify()
