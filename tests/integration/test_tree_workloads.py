@@ -148,9 +148,9 @@ def test_python_dict_1m_continues_intact(tree):
     assert s0["ok"] == "1" and int(s0["sum"]) == expected_sum, s0
     snap = snapshot(wl.root)
 
-    dump_kill(tree, wl.root, d / "img")
+    dump_kill(tree, wl.root, d / "img", timeout=120)
     last = read_state(st)
-    root = tree.restore(d / "img")
+    root = tree.restore(d / "img", timeout=120)
     after = wait_changed(st, last, timeout=60)
     assert_continued(last, after, what="wl_pydict.py")
     assert after["ok"] == "1", f"dict verification failed after restore: {after}"

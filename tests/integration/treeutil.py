@@ -344,9 +344,11 @@ class CliResult:
     rc: int
     out: str
     err: str
+    env: dict = dataclasses.field(default_factory=dict)
 
     def describe(self) -> str:
-        return (f"`{' '.join(map(str, self.argv))}` exited {self.rc}\n"
+        env = "".join(f"{k}={v} " for k, v in self.env.items() if k.startswith("LXC_CR"))
+        return (f"`{env}{' '.join(map(str, self.argv))}` exited {self.rc}\n"
                 f"stdout: {self.out.strip()!r}\nstderr: {self.err.strip()[-2000:]!r}")
 
     def error_lines(self) -> list[str]:
@@ -459,7 +461,7 @@ class Harness:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
-        res = CliResult(argv, rc, o.read_text(), e.read_text())
+        res = CliResult(argv, rc, o.read_text(), e.read_text(), dict(env or {}))
         if rc is None:
             pytest.fail(f"timed out after {timeout}s: {res.describe()}\n{diag}", pytrace=False)
         return res
@@ -483,15 +485,15 @@ class Harness:
                              f"ShdPnd={st.get('ShdPnd')}")
         return "/proc at the timeout:\n" + "\n".join(lines)
 
-    def dump(self, pid: int, image, *extra, env=None) -> CliResult:
-        res = self.cli("tree", "dump", pid, image, *extra, env=env)
+    def dump(self, pid: int, image, *extra, env=None, timeout: float = 30.0) -> CliResult:
+        res = self.cli("tree", "dump", pid, image, *extra, env=env, timeout=timeout)
         assert res.rc == 0, "dump failed: " + res.describe()
         assert os.path.isfile(image), "dump exited 0 but wrote no image: " + res.describe()
         return res
 
-    def restore(self, image, *extra, env=None) -> int:
+    def restore(self, image, *extra, env=None, timeout: float = 30.0) -> int:
         """Restore; returns (and tracks) the host pid of the restored root."""
-        res = self.cli("tree", "restore", image, *extra, env=env)
+        res = self.cli("tree", "restore", image, *extra, env=env, timeout=timeout)
         m = re.fullmatch(r"\s*(\d+)\s*", res.out)
         if m:
             self.track(int(m.group(1)))
@@ -585,10 +587,10 @@ def harness_fixture():
 # --------------------------------------------------------------------------------------------
 # common steps
 
-def dump_kill(h: Harness, root: int, image, *extra) -> CliResult:
+def dump_kill(h: Harness, root: int, image, *extra, env=None, timeout: float = 30.0) -> CliResult:
     """``tree dump ROOT IMAGE`` (default mode) and wait until every process of the tree died."""
     hosts = tree_pids(root)
-    res = h.dump(root, image, *extra)
+    res = h.dump(root, image, *extra, env=env, timeout=timeout)
     for p in hosts:
         wait_for(lambda p=p: gone(p),
                  f"pid {p} of the dumped tree to die (default dump kills the tree)")
