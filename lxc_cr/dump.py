@@ -44,6 +44,7 @@ class ThreadState:
 class TaskState:
     host_pid: int
     stat: object = None
+    state0: str = ""            # state before we stopped it
     creds: object = None
     pid: int = 0
     ppid: int = 0
@@ -132,6 +133,8 @@ def discover(proc: Proc, root_pid: int) -> list[TaskState]:
 
 def refresh(proc: Proc, t: TaskState) -> None:
     t.stat = proc.stat(t.host_pid)
+    if not t.state0:
+        t.state0 = t.stat.state
     t.creds = proc.creds(t.host_pid)
     tids = [t.host_pid] if t.zombie else proc.tids(t.host_pid)
     known = {th.host_tid: th for th in t.threads}
@@ -216,6 +219,7 @@ def discover_frozen(proc: Proc, root: int, old: list[TaskState]) -> list[TaskSta
             refresh(proc, t)
         else:
             t.stat = proc.stat(hp)
+            t.state0 = t.state0 or t.stat.state
             t.creds = proc.creds(hp)
         out.append(t)
         if not t.zombie:
@@ -358,22 +362,28 @@ def _unlink_quiet(path: str) -> None:
         pass
 
 
-def _reap(tasks) -> None:
-    """Collect the ptrace exit notifications of the killed threads."""
-    for t in tasks:
-        for th in t.threads:
+def _reap(tasks, timeout: float = 10.0) -> None:
+    """Collect the ptrace exit notifications of the killed threads (bounded: a thread
+    group leader is only reported once its other threads are gone)."""
+    pending = {th.host_tid for t in tasks for th in t.threads}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for tid in list(pending):
             try:
-                os.waitpid(th.host_tid, 0x40000000)
+                got, _ = os.waitpid(tid, os.WNOHANG | 0x40000000)
             except ChildProcessError:
-                pass
-            except OSError:
-                pass
+                got = tid
+            if got:
+                pending.discard(tid)
+        if pending:
+            time.sleep(0.001)
 
 
 def _xcr0(xstate: bytes) -> int:
-    """XCR0 from the software-reserved bytes of the fxsave area (struct _fpx_sw_bytes)."""
-    if len(xstate) >= 480 and int.from_bytes(xstate[464:468], "little") == 0x46505853:
-        return int.from_bytes(xstate[472:480], "little")
+    """XCR0 as PTRACE_GETREGSET NT_X86_XSTATE reports it: the u64 at offset 464 of the
+    fxsave area's software-reserved bytes (the offset gdb reads it from too)."""
+    if len(xstate) >= 472:
+        return int.from_bytes(xstate[464:472], "little")
     return 0
 
 

@@ -78,7 +78,7 @@ def _add_task(ctx, task, **attrs) -> None:
     st = task.stat
     ctx.writer.add(TASK, dict(pid=task.pid, ppid=task.ppid, pgid=task.pgid, sid=task.sid,
                               nspids=task.nspids, host_pid=task.host_pid, comm=st.comm,
-                              state=st.state, exit_code=st.exit_code,
+                              state=task.state0 or st.state, exit_code=st.exit_code,
                               exit_signal=st.exit_signal, **attrs))
 
 
