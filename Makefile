@@ -19,10 +19,17 @@ root:
 
 # The venv sees the distro's python3-lxc and python3-libvirt (--system-site-packages).
 # It is rebuilt when missing or made without system site packages; pip runs again when
-# pyproject.toml changes.  (pip is bounded: setuptools' package discovery must not follow
-# symlinks out of the tree -- stored /proc trees under tests/ hold root -> /.)
+# pyproject.toml changes.  setuptools' package discovery (namespaces = true, its default)
+# walks every directory and follows symlinks: a stored /proc tree under tests/ with
+# root -> / makes it walk / for ever, so refuse that before pip starts (and bound pip).
 $(VENV_STAMP): pyproject.toml | root
 	integration/install-deps.sh
+	links="$$(find . \( -path ./.venv -o -path ./.git \) -prune -o -type l -xtype d -print | head -n 3)"; \
+	if [ -n "$$links" ] && ! grep -qE '^namespaces *= *false' pyproject.toml; then \
+	    echo "make: pip install -e would follow directory symlinks ($$links):" \
+	         "add 'namespaces = false' to [tool.setuptools.packages.find] in pyproject.toml" >&2; \
+	    exit 1; \
+	fi
 	if ! grep -qs '^include-system-site-packages = true' $(VENV)/pyvenv.cfg \
 	   || ! $(PY) -c '' 2>/dev/null; then \
 	    rm -rf $(VENV); /usr/bin/python3 -m venv --system-site-packages $(VENV); \
@@ -35,10 +42,12 @@ $(VENV_STAMP): pyproject.toml | root
 setup: $(VENV_STAMP)
 	integration/env-up.sh
 
+# env-down.sh first removes what an interrupted earlier run left; check-clean.sh runs even
+# when pytest failed, and its verdict adds to pytest's (exit 5, no test collected, fails).
 test: setup
 	integration/env-down.sh
-	timeout --kill-after=60 $(TEST_TIMEOUT) $(PY) -m pytest tests $(PYTEST_ARGS) </dev/null
-	integration/check-clean.sh
+	rc=0; timeout --kill-after=60 $(TEST_TIMEOUT) $(PY) -m pytest tests $(PYTEST_ARGS) </dev/null \
+	    || rc=$$?; integration/check-clean.sh || rc=1; exit $$rc
 
 demo: setup
 	integration/demo.sh

@@ -13,7 +13,7 @@ CTL="$LXCCR_TOP/integration/lxc-container.sh"
 n=0
 step() {
     n=$((n + 1))
-    printf '\n\033[1m== %d. %s\033[0m\n' "$n" "$*"
+    if [ -t 1 ]; then printf '\n\033[1m== %d. %s\033[0m\n' "$n" "$*"; else printf '\n== %d. %s\n' "$n" "$*"; fi
 }
 show() {                       # show CMD...: print the command, then run it
     printf '$ %s\n' "$*"

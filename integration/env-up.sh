@@ -44,7 +44,7 @@ virsh_answers() {
 libvirtd_pids() {
     local d
     for d in /proc/[0-9]*; do
-        [ "$(cat "$d/comm" 2>/dev/null)" = libvirtd ] && echo "${d#/proc/}"
+        [ "$(cat "$d/comm" 2>/dev/null)" = libvirtd ] && alive "${d#/proc/}" && echo "${d#/proc/}"
     done
     return 0
 }
@@ -54,20 +54,37 @@ started_our_way() {
     ! grep -qE ' /sys/fs/cgroup/(unified|systemd) ' "/proc/$1/mountinfo" 2>/dev/null
 }
 
+# alive PID: exists and is not a zombie
+alive() {
+    local st
+    st="$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null)"
+    [ -n "$st" ] && [ "$st" != Z ]
+}
+
+# wait_gone SECONDS PID...: 0 once none of the pids is alive
+wait_gone() {
+    local n=$(($1 * 5)) pid any
+    shift
+    while [ "$n" -gt 0 ]; do
+        any=0
+        for pid in "$@"; do alive "$pid" && any=1; done
+        [ "$any" -eq 0 ] && return 0
+        sleep 0.2
+        n=$((n - 1))
+    done
+    return 1
+}
+
 stop_libvirtd() {
-    local pid i
+    local pid
     for pid in "$@"; do
         log "stopping libvirtd pid $pid"
         kill -TERM "$pid" 2>/dev/null || true
+        kill -CONT "$pid" 2>/dev/null || true     # a stopped one cannot act on TERM
     done
-    for i in $(seq 1 50); do
-        local alive=0
-        for pid in "$@"; do [ -d "/proc/$pid" ] && alive=1; done
-        [ "$alive" -eq 0 ] && return 0
-        sleep 0.2
-    done
+    wait_gone 10 "$@" && return 0
     for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
-    sleep 0.5
+    wait_gone 10 "$@" || die "libvirtd (pid $*) does not exit"
 }
 
 start_libvirtd() {

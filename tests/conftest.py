@@ -131,15 +131,17 @@ def _owned_objects() -> set[str]:
 
 
 @pytest.fixture(autouse=True)
-def _no_leftovers(request):
-    """Fail an integration test that leaves lxccr-test- objects of this run behind.
+def _integration_guard(request):
+    """Integration tests need root (skip, or fail under CI); fail one that leaves
+    lxccr-test- objects of this run behind.
 
-    Autouse function fixtures are set up first and torn down last, so this runs after the
-    factories' own teardown.
+    Autouse function fixtures are set up first and torn down last, so the leak check runs
+    after the factories' own teardown.
     """
-    if request.node.get_closest_marker("integration") is None or not _is_root():
+    if request.node.get_closest_marker("integration") is None:
         yield
         return
+    require(_is_root(), "integration tests need root")
     before = _owned_objects()
     yield
     left: set[str] = set()
