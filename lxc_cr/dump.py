@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from lxc_cr import faults
 from lxc_cr.errors import OperationFailed, Refused, TaskGone, UnknownTarget
 from lxc_cr.kernel.procfs import Proc
-from lxc_cr.kernel.ptrace import O_TRACESYSGOOD, Remote, Tracee, find_syscall_insn
+from lxc_cr.kernel.ptrace import O_TRACESYSGOOD, Remote, Tracee, find_syscall_insn, reap
 
 PAGE = 4096
 ALL_SIGNALS = (1 << 64) - 1 & ~((1 << 8) | (1 << 18))   # all but SIGKILL, SIGSTOP
@@ -362,21 +362,8 @@ def _unlink_quiet(path: str) -> None:
         pass
 
 
-def _reap(tasks, timeout: float = 10.0) -> None:
-    """Collect the ptrace exit notifications of the killed threads (bounded: a thread
-    group leader is only reported once its other threads are gone)."""
-    pending = {th.host_tid for t in tasks for th in t.threads}
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        for tid in list(pending):
-            try:
-                got, _ = os.waitpid(tid, os.WNOHANG | 0x40000000)
-            except ChildProcessError:
-                got = tid
-            if got:
-                pending.discard(tid)
-        if pending:
-            time.sleep(0.001)
+def _reap(tasks) -> None:
+    reap([th.host_tid for t in tasks for th in t.threads])
 
 
 def _xcr0(xstate: bytes) -> int:

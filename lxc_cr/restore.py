@@ -28,7 +28,7 @@ from lxc_cr.errors import IncompatibleImage, LxcCrError, RestoreFailed
 from lxc_cr.kernel import sys as ksys
 from lxc_cr.kernel.procfs import Proc
 from lxc_cr.kernel.ptrace import (O_EXITKILL, O_TRACECLONE, O_TRACEFORK, O_TRACESYSGOOD,
-                                  O_TRACEVFORK, Regs, Remote, Tracee, find_syscall_insn)
+                                  O_TRACEVFORK, Regs, Remote, Tracee, find_syscall_insn, reap)
 
 PAGE = 4096
 ALL_SIGNALS = (1 << 64) - 1 & ~((1 << 8) | (1 << 18))
@@ -418,8 +418,4 @@ def _kill_all(created: list[int]) -> None:
             os.kill(p, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    for p in created:
-        try:
-            os.waitpid(p, ksys.WALL)
-        except ChildProcessError:
-            pass
+    reap(created)

@@ -348,6 +348,26 @@ class Remote:
         pwrite_mem(self.mem, addr, data, self.t.tid)
 
 
+def reap(tids, timeout: float = 10.0) -> list[int]:
+    """Collect exit notifications of killed (traced or child) threads, bounded in time: a
+    thread-group leader is reported only once its other threads are gone.  Returns the
+    tids still not reaped."""
+    import time
+    pending = set(tids)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for tid in list(pending):
+            try:
+                got, _ = os.waitpid(tid, os.WNOHANG | 0x40000000)
+            except ChildProcessError:
+                got = tid
+            if got:
+                pending.discard(tid)
+        if pending:
+            time.sleep(0.001)
+    return sorted(pending)
+
+
 def pread_mem(fd: int, addr: int, n: int, pid: int) -> bytes:
     try:
         data = os.pread(fd, n, addr)

@@ -82,5 +82,5 @@ def restore(ctx, rec, remote) -> None:
     for cap in range(last + 1):
         if rec.cap_amb & (1 << cap):
             remote.call("prctl", PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0)
-    if rec.securebits != remote.call("prctl", PR_GET_SECUREBITS, 0, 0, 0, 0):
-        remote.call("prctl", PR_SET_SECUREBITS, rec.securebits, 0, 0, 0)
+    if not rec.securebits & SECBIT_KEEP_CAPS:       # needs no privilege, unlike securebits
+        remote.call("prctl", PR_SET_KEEPCAPS, 0, 0, 0, 0)
