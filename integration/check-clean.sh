@@ -17,7 +17,7 @@ while read -r x; do
     [ -n "$x" ] && left "$x" && stray+=("libvirt domain $x")
 done < <(test_domains)
 while read -r pid name; do
-    [ -n "$pid" ] && left "$name" && stray+=("process $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-100))")
+    [ -n "$pid" ] && left "$name" && stray+=("process $pid ($(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | cut -c1-100))")
 done < <(test_processes)
 
 if [ "${#stray[@]}" -gt 0 ]; then

@@ -64,7 +64,7 @@ test_processes() {
         pid="${d#/proc/}"
         [ "$pid" = "$$" ] && continue
         [ "$pid" = "${BASHPID:-$$}" ] && continue
-        cmd="$(tr '\0' ' ' <"$d/cmdline" 2>/dev/null)" || continue
+        cmd="$(tr '\0' ' ' 2>/dev/null <"$d/cmdline")" || continue
         case "$cmd" in
             *"$LXCCR_PREFIX"*)
                 name="$(grep -o "${LXCCR_PREFIX}[A-Za-z0-9_.-]*" <<<"$cmd" | head -n 1)"

@@ -394,8 +394,27 @@ def libvirt_domain(libvirt_conn):
         except libvirt.libvirtError as e:
             if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                 errors.append(f"{name}: {e}")
+    for name in names:
+        _drop_libvirt_litter(name)
     if errors:
         pytest.fail("libvirt_domain teardown: " + "; ".join(errors), pytrace=False)
+
+
+def _drop_libvirt_litter(name: str) -> None:
+    """libvirt leaves NAME.{dev,devpts,fuse} (empty dirs) and NAME.sock in /run/libvirt/lxc
+    after an LXC domain ends; remove them once the domain no longer runs."""
+    run = Path("/run/libvirt/lxc")
+    if (run / f"{name}.xml").exists():
+        return
+    for suffix in (".dev", ".devpts", ".fuse"):
+        try:
+            (run / f"{name}{suffix}").rmdir()
+        except OSError:
+            pass
+    try:
+        (run / f"{name}.sock").unlink()
+    except OSError:
+        pass
 
 
 def virsh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
