@@ -158,6 +158,9 @@ def check_tree(proc: Proc, tasks: list[TaskState]) -> list:
     """Every resource that cannot be checkpointed, without stopping anything."""
     from lxc_cr.resources import files, memory, namespaces
     problems = list(namespaces.check(proc, tasks[0]))
+    for t in tasks:
+        if t.host_pid == os.getpid():
+            problems.append(_unsupported(t, "lxc-cr itself inside the tree"))
     pipe_count: dict[int, int] = {}
     descs = {}
     for t in tasks:
@@ -168,7 +171,13 @@ def check_tree(proc: Proc, tasks: list[TaskState]) -> list:
         timers = proc.read(t.host_pid, "timers").strip()
         if timers:
             problems.append(_unsupported(t, "POSIX timer"))
-        descs[t.host_pid] = [files.describe(proc, t.host_pid, fd) for fd in proc.fds(t.host_pid)]
+        descs[t.host_pid] = []
+        for fd in proc.fds(t.host_pid):
+            try:
+                descs[t.host_pid].append(files.describe(proc, t.host_pid, fd))
+            except OperationFailed as e:
+                if getattr(e, "errno", None) != 2:     # ENOENT: closed meanwhile
+                    raise
         for d in descs[t.host_pid]:
             if d.kind in ("pipe", "fifo"):
                 pipe_count[d.ino] = pipe_count.get(d.ino, 0) + 1
