@@ -60,6 +60,9 @@ class RestoreCtx:
         self.stats = {"pages_restored": 0}
         self.scratch = 0
         self.shmem_fds: dict[int, int] = {}
+        self.inherit_base = 1000
+        self.inherited: list[int] = []    # fds the init passes down to every task
+        self.init_remote = None
         self.fd_owner: dict[int, tuple[int, int]] = {}
         self.created: list[int] = []       # host pids, to kill if the restore fails
         self.records: dict[str, list] = defaultdict(list)
@@ -70,6 +73,13 @@ class RestoreCtx:
             self.records[kind.name].append(obj)
             if "pid" in obj:
                 self._by_pid[(kind.name, obj.pid)].append(obj)
+
+    def inherit_fd(self, fd: int) -> int:
+        """Move an fd just created in the init to the inherited range; return its number."""
+        high = self.init_remote.call("fcntl", fd, 1030, self.inherit_base)   # F_DUPFD_CLOEXEC
+        self.init_remote.call("close", fd)
+        self.inherited.append(high)
+        return high
 
     def by_pid(self, kind: str, pid: int) -> list:
         return self._by_pid.get((kind, pid), [])
@@ -82,7 +92,10 @@ class RestoreCtx:
         return recs[0]
 
 
-def restore_tree(image: str, pidfile: str | None = None) -> dict:
+def restore_tree(image: str, pidfile: str | None = None, takeover=None) -> dict:
+    """Restore IMAGE.  ``takeover``: None to fork our own pid-namespace init (tree
+    restore), or a callable returning the host pid of a manager's init already seized and
+    stopped at its exec (LXC, libvirt), whose namespaces the manager has set up."""
     from lxc_cr.image.reader import ImageReader
     t0 = time.monotonic()
     with ImageReader(image) as reader:
@@ -90,7 +103,7 @@ def restore_tree(image: str, pidfile: str | None = None) -> dict:
         ctx = RestoreCtx(reader, image)
         _validate(ctx)
         try:
-            init_pid, lives = _build(ctx)
+            init_pid, lives = _build(ctx, takeover)
             t_forked = ctx.t_forked
             faults.step("restore", "released")
         except BaseException:
@@ -127,15 +140,23 @@ def _validate(ctx: RestoreCtx) -> None:
 
 # --- building -----------------------------------------------------------------------------
 
-def _build(ctx: RestoreCtx):
+def _build(ctx: RestoreCtx, takeover=None):
     from lxc_cr.resources import memory
     tasks = ctx.records["task"]
     root = tasks[0]
-    ctx.shmem_fds = memory.prepare_shmem(ctx.reader, ctx.records)
-    init_pid, init = _start_init(ctx)
+    if takeover is None:
+        init_pid, init = _start_init(ctx)
+    else:
+        init_pid = takeover()
+        ctx.created.append(init_pid)
+        init = _adopt_init(ctx, init_pid)
+        if root.pid != 1:
+            raise RestoreFailed(f"{ctx.path}: the recorded root is pid {root.pid}, not the "
+                                f"container's init")
     lives: list[Live] = []
     try:
         _setup_scratch(ctx, init, tasks)
+        ctx.shmem_fds = memory.prepare_shmem(ctx, init.remote, init_pid)
         by_pid: dict[int, Live] = {}
         if root.pid == 1:
             live = Live(root, init_pid)
@@ -170,12 +191,10 @@ def _build(ctx: RestoreCtx):
                 _credentials(ctx, live)
         faults.step("restore", "credentials")
         _release(ctx, lives)
-        os.close(init.ready_r)
         return init_pid, lives
     finally:
-        for fd in ctx.shmem_fds.values():
-            os.close(fd)
-        ctx.shmem_fds = {}
+        if init.go_w is not None:
+            os.close(init.go_w)
 
 
 class _Init:
@@ -219,12 +238,26 @@ def _start_init(ctx: RestoreCtx):
     msg = os.read(ready_r, 512)
     os.close(ready_r)
     init = _Init()
-    init.ready_r = go_w          # closing it lets a reaper init run on
+    init.go_w = go_w             # closing it lets a reaper init run on
     if msg != b"ok":
         os.waitpid(pid, 0)
         raise RestoreFailed(msg.decode(errors="replace") or "restore init died")
     init.tracee = Tracee.seize(pid, OPTIONS)
     init.tracee.interrupt()
+    return pid, _init_remote(ctx, init, pid)
+
+
+def _adopt_init(ctx: RestoreCtx, pid: int) -> "_Init":
+    """A manager's init, already seized by the caller and stopped after its exec."""
+    init = _Init()
+    init.go_w = None
+    init.tracee = Tracee(pid)
+    init.tracee.state = init.tracee.state.__class__.STOPPED
+    init.tracee.set_options(OPTIONS)
+    return _init_remote(ctx, init, pid)
+
+
+def _init_remote(ctx, init, pid):
     init.tracee.set_sigmask(ALL_SIGNALS)
     init.mem_fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
     maps = ctx.proc.maps(pid)
@@ -235,7 +268,20 @@ def _start_init(ctx: RestoreCtx):
     init.base = init.tracee.getregs()
     init.remote = Remote(init.tracee, ip, init.base, init.mem_fd, keep_signals=False)
     _check_host(ctx, init, maps)
-    return pid, init
+    ctx.inherit_base = _inherit_base(pid)
+    return init
+
+
+def _inherit_base(pid: int) -> int:
+    """Lowest fd number for objects the init passes down to every task: high, so they
+    never collide with recorded fd numbers, yet below the init's RLIMIT_NOFILE."""
+    soft = 1024
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                v = line.split()[3]
+                soft = 1 << 20 if v == "unlimited" else int(v)
+    return max(64, min(soft - 256, 100000))
 
 
 def _check_host(ctx, init, maps) -> None:
@@ -265,6 +311,7 @@ def _setup_scratch(ctx, init, tasks) -> None:
         raise RestoreFailed(f"scratch page at {ctx.scratch:#x} mapped at {got:#x}")
     init.remote.write(ctx.scratch, b"\x0f\x05\xcc\xcc")
     init.remote.ip = ctx.scratch
+    ctx.init_remote = init.remote
 
 
 def _clone_args(ctx, remote, flags: int, exit_signal: int, set_tid: list[int]) -> int:

@@ -220,17 +220,23 @@ def _dump_shmem(ctx, host_pid: int, m) -> int:
 
 # --- restore ------------------------------------------------------------------------------
 
-def prepare_shmem(reader, records) -> dict[int, int]:
-    """In the restorer: one memfd per shmem object, filled; {shmem_id: fd} (inherited)."""
+def prepare_shmem(ctx, init_remote, init_pid: int) -> dict[int, int]:
+    """One memfd per shmem object, created inside the init by an injected memfd_create and
+    filled through /proc/INIT/fd/N; every process forked from the init inherits it.
+    Returns {shmem_id: fd number in the tasks}."""
     fds = {}
-    for obj in records["shmem"]:
-        fd = os.memfd_create(f"lxc-cr-shmem-{obj.shmem_id}", 0)
-        os.ftruncate(fd, obj.size)
+    for obj in ctx.records["shmem"]:
+        name = ctx.scratch + 2048
+        init_remote.write(name, f"lxc-cr-shmem-{obj.shmem_id}".encode() + b"\0")
+        fd = ctx.inherit_fd(init_remote.call("memfd_create", name, 0))
+        init_remote.call("ftruncate", fd, obj.size)
         fds[obj.shmem_id] = fd
-    for p in records["pages"]:
-        if p.shmem_id:
-            data = reader.read_block(p.block)
-            os.pwrite(fds[p.shmem_id], data, p.vaddr)
+        with open(f"/proc/{init_pid}/fd/{fd}", "r+b", buffering=0) as f:
+            for p in ctx.records["pages"]:
+                if p.shmem_id == obj.shmem_id:
+                    buf = bytearray(p.npages * PAGE)
+                    ctx.reader.read_block_into(p.block, buf, check=False)
+                    os.pwrite(f.fileno(), buf, p.vaddr)
     return fds
 
 
@@ -300,7 +306,7 @@ def restore(ctx, task, remote) -> None:
         if p.shmem_id:
             continue
         buf = bytearray(p.npages * PAGE)
-        ctx.reader.read_block_into(p.block, buf)
+        ctx.reader.read_block_into(p.block, buf, check=False)
         ctx.stats["pages_restored"] += p.npages
         n = os.pwritev(task.mem_fd, [buf], p.vaddr)
         if n != len(buf):
