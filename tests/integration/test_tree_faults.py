@@ -21,7 +21,7 @@ import pytest
 
 from treeutil import (all_pids_with_exe, assert_continued, assert_one_error_line,
                       assert_running_untraced, build, descendants_of_me, dump_kill, gone,
-                      harness_fixture, idents, read_state, sha256_file, snapshot, wait_changed,
+                      harness_fixture, idents, ids, read_state, sha256_file, snapshot, wait_changed,
                       wait_for)
 
 pytestmark = pytest.mark.integration
@@ -89,7 +89,7 @@ def test_fault_at_every_dump_and_restore_step(tree, kind):
     restore_steps = trace_steps(trace, "restore")
     assert len(restore_steps) >= 2, restore_steps
     all_advance(files, checkpoint, "after the traced restore")
-    assert idents(snapshot(root)) == idents(snap0)
+    assert ids(snapshot(root)) == ids(snap0)
 
     # a failure at each dump step leaves the (restored) tree running as it was
     out = tree.dir("fault-images")
@@ -139,7 +139,7 @@ def test_fault_at_every_dump_and_restore_step(tree, kind):
         s = wait_for(lambda f=f: f.exists() and read_state(f), f"{f.name} rewritten")
         assert s["boot"] == checkpoint[f]["boot"]
         assert int(s["counter"]) > int(checkpoint[f]["counter"])
-    assert idents(snapshot(root)) == idents(snap0)
+    assert ids(snapshot(root)) == ids(snap0)
 
 
 def describe(pid: int) -> str:

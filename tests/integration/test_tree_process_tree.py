@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from treeutil import (assert_continued, assert_running_untraced, build, dump_kill,
-                      harness_fixture, idents, read_state, snapshot, wait_changed, wait_for,
+                      harness_fixture, idents, ids, read_state, snapshot, wait_changed, wait_for,
                       wait_state)
 
 pytestmark = pytest.mark.integration
@@ -88,8 +88,8 @@ def test_tree_ids_and_zombie_survive(tree, setsid_root):
     assert read_state(d / "state.R")["reaped"] == "0"
 
     snap2 = snapshot(root)
-    assert idents(snap2) == idents(snap), (
-        f"pid/ppid/pgid/sid changed:\nbefore {idents(snap)}\nafter  {idents(snap2)}")
+    assert ids(snap2) == ids(snap), (
+        f"pid/ppid/pgid/sid changed:\nbefore {ids(snap)}\nafter  {ids(snap2)}")
     assert snap2[zpid].state == "Z", f"pid {zpid} should still be a zombie: {snap2[zpid]}"
     check_self_view(d, snap2)
     assert_running_untraced(root)
@@ -102,6 +102,9 @@ def test_tree_ids_and_zombie_survive(tree, setsid_root):
     assert reaped["exited"] == "1" and reaped["code"] == "7", f"zombie status: {reaped}"
     wait_state(d / "state.R", lambda s: s["reaped"] == "1", "R to report the reap")
     assert zpid not in snapshot(root)
+    # names and threads too (checked last so the checks above still report)
+    assert idents(snap2) == idents(snap), (
+        f"comm or threads changed:\nbefore {idents(snap)}\nafter  {idents(snap2)}")
 
 
 def test_tree_50_dump_restore_cycles(tree):
@@ -111,6 +114,7 @@ def test_tree_50_dump_restore_cycles(tree):
     first = states(d)
     zpid = int(first["R"]["zpid"])
     root = wl.root
+    other_changes = []           # comm/threads: reported after the 50 cycles
     for cycle in range(1, 51):
         img = d / f"img{cycle}"
         dump_kill(tree, root, img)
@@ -121,7 +125,9 @@ def test_tree_50_dump_restore_cycles(tree):
             assert after["boot"] == first[r]["boot"], f"cycle {cycle}: {r} restarted"
             assert int(after["counter"]) > int(last[r]["counter"]), f"cycle {cycle}: {r}"
         snap = snapshot(root)
-        assert idents(snap) == idents(snap0), f"cycle {cycle}: ids changed: {idents(snap)}"
+        assert ids(snap) == ids(snap0), f"cycle {cycle}: pid/ppid/pgid/sid changed: {ids(snap)}"
+        if idents(snap) != idents(snap0):
+            other_changes.append((cycle, idents(snap)))
         assert snap[zpid].state == "Z", f"cycle {cycle}: {snap[zpid]}"
         assert_running_untraced(root)
         img.unlink()
@@ -130,3 +136,6 @@ def test_tree_50_dump_restore_cycles(tree):
     reaped = wait_for(lambda: (d / "reaped").exists() and read_state(d / "reaped"),
                       "R to reap the zombie after 50 cycles")
     assert int(reaped["ret"]) == zpid and reaped["code"] == "7", reaped
+    assert not other_changes, (
+        f"comm or threads changed in {len(other_changes)} of 50 cycles, first in cycle "
+        f"{other_changes[0][0]}:\nbefore {idents(snap0)}\nafter  {other_changes[0][1]}")

@@ -286,7 +286,13 @@ def host_pid_of(root: int, nspid: int) -> int:
 
 
 def idents(snap: dict[int, TaskView]) -> dict:
+    """{ns pid: (pid, ppid, pgid, sid, comm, ns tids)}"""
     return {p: v.ident() for p, v in snap.items()}
+
+
+def ids(snap: dict[int, TaskView]) -> dict:
+    """{ns pid: (pid, ppid, pgid, sid)}"""
+    return {p: v.ident()[:4] for p, v in snap.items()}
 
 
 def assert_running_untraced(root: int) -> None:
