@@ -196,9 +196,27 @@ def _unsupported(t, kind):
 
 # --- freeze / thaw ------------------------------------------------------------------------
 
-def freeze(proc: Proc, tasks: list[TaskState]) -> list[TaskState]:
-    """Seize and interrupt every thread, rescanning until no new task or thread appears."""
+def freeze(proc: Proc, tasks: list[TaskState], freezer=None) -> list[TaskState]:
+    """Seize and interrupt every thread, rescanning until no new task or thread appears.
+
+    With a cgroup ``freezer`` the whole group is frozen first, so the tree cannot change
+    while it is walked; every thread is seized and interrupted while frozen, then the group
+    is thawed and the interrupts are collected (the freezer is thawed on every path)."""
     root = tasks[0].host_pid
+    if freezer is not None:
+        pending = []
+        with freezer:
+            tasks = discover_frozen(proc, root, tasks)
+            for t in tasks:
+                if t.zombie:
+                    continue
+                refresh(proc, t)
+                for th in t.threads:
+                    th.tracee = Tracee.seize(th.host_tid, O_TRACESYSGOOD, pid=t.host_pid)
+                    th.tracee.interrupt(wait=False)
+                    pending.append(th.tracee)
+        for tr in pending:
+            tr.wait_event_stop()
     while True:
         new = 0
         for t in tasks:
@@ -270,7 +288,8 @@ def release(tasks: list[TaskState]) -> None:
 
 def dump_tree(root_pid: int, image: str, leave_running: bool = False,
               compress: str | None = None, level: int = 3, source_kind: str = "tree",
-              source_name: str | None = None, extra_records=None, progress=None) -> dict:
+              source_name: str | None = None, extra_records=None, progress=None,
+              freezer=None) -> dict:
     from lxc_cr.image.reader import ImageReader
     from lxc_cr.image.writer import ImageWriter
     from lxc_cr.resources import creds, files, memory, namespaces, signals, task as task_mod
@@ -287,7 +306,7 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
     ctx.pipe_inode_count = pipe_count
     killed = False
     try:
-        tasks = freeze(proc, tasks)
+        tasks = freeze(proc, tasks, freezer)
         t_frozen = time.monotonic()
         faults.step("dump", "frozen")
         problems, ctx.pipe_inode_count = check_tree(proc, tasks)   # tasks seen while freezing

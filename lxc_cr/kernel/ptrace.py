@@ -141,10 +141,12 @@ class Tracee:
         t.wait_event_stop()
         return t
 
-    def interrupt(self) -> None:
-        """PTRACE_INTERRUPT and wait until the thread is in an event stop."""
+    def interrupt(self, wait: bool = True) -> None:
+        """PTRACE_INTERRUPT and (unless ``wait`` is false: a frozen cgroup's task stops only
+        once thawed) wait until the thread is in an event stop."""
         ptrace(PTRACE_INTERRUPT, self.tid, op="PTRACE_INTERRUPT")
-        self.wait_event_stop()
+        if wait:
+            self.wait_event_stop()
 
     def wait(self) -> Stop:
         _, status = waitpid(self.tid)

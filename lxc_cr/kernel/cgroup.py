@@ -1,0 +1,85 @@
+"""The cgroup freezer of a container (v1 ``freezer.state``, or v2 ``cgroup.freeze``).
+
+``/proc/PID/cgroup`` lines are ``hierarchy-id:controllers:path``.  This host mounts the v1
+freezer at /sys/fs/cgroup/freezer and v2 at /sys/fs/cgroup/unified (kernel-facts); the
+host's mounts are only read, never changed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from lxc_cr.errors import OperationFailed
+
+V1_ROOT = "/sys/fs/cgroup/freezer"
+V2_ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+
+
+def parse_cgroup(data: str) -> dict[str, str]:
+    """{controller: path}; the v2 entry is keyed by ''."""
+    out = {}
+    for line in data.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, ctrls, path = parts
+        for c in (ctrls.split(",") if ctrls else [""]):
+            out[c] = path
+    return out
+
+
+class Freezer:
+    """Context manager: frozen inside, thawed on every way out."""
+
+    def __init__(self, host_pid: int, timeout: float = 10.0):
+        with open(f"/proc/{host_pid}/cgroup") as f:
+            groups = parse_cgroup(f.read())
+        self.timeout = timeout
+        self.v2 = False
+        if "freezer" in groups and os.path.exists(f"{V1_ROOT}{groups['freezer']}/freezer.state"):
+            self.dir = f"{V1_ROOT}{groups['freezer']}"
+            if groups["freezer"] in ("/", ""):
+                raise OperationFailed(f"pid {host_pid} is in the root freezer cgroup: "
+                                      "refusing to freeze the host")
+        else:
+            path = groups.get("", "/")
+            root = next((r for r in V2_ROOTS if os.path.exists(f"{r}{path}/cgroup.freeze")), None)
+            if root is None or path in ("/", ""):
+                raise OperationFailed(f"pid {host_pid}: no freezer cgroup found")
+            self.dir = f"{root}{path}"
+            self.v2 = True
+
+    def _write(self, value: str) -> None:
+        name = "cgroup.freeze" if self.v2 else "freezer.state"
+        with open(f"{self.dir}/{name}", "w") as f:
+            f.write(value)
+
+    def state(self) -> str:
+        if self.v2:
+            with open(f"{self.dir}/cgroup.events") as f:
+                return "FROZEN" if "frozen 1" in f.read() else "THAWED"
+        with open(f"{self.dir}/freezer.state") as f:
+            return f.read().strip()
+
+    def freeze(self) -> None:
+        self._write("1" if self.v2 else "FROZEN")
+        deadline = time.monotonic() + self.timeout
+        delay = 0.0002
+        while self.state() != "FROZEN":
+            if time.monotonic() > deadline:
+                self.thaw()
+                raise OperationFailed(f"{self.dir}: did not freeze within {self.timeout} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
+    def thaw(self) -> None:
+        self._write("0" if self.v2 else "THAWED")
+
+    def __enter__(self):
+        self.freeze()
+        return self
+
+    def __exit__(self, *exc):
+        self.thaw()
+        return False
