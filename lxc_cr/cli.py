@@ -56,6 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--print-stats", action="store_true", help="print restore statistics as JSON")
     _add_common(r)
 
+    # --- lxc ---------------------------------------------------------------------------------
+    lx = sub.add_parser("lxc", help="checkpoint/restore LXC containers")
+    lsub = lx.add_subparsers(dest="lxc_cmd", metavar="ACTION", parser_class=_Parser)
+    lsub.required = True
+    lc = lsub.add_parser("checkpoint", help="checkpoint container NAME into DIR")
+    lc.add_argument("name", metavar="NAME")
+    lc.add_argument("dir", metavar="DIR")
+    lc.add_argument("--stop", action="store_true", help="stop the container afterwards")
+    lc.add_argument("-P", "--lxcpath", default=None, help="LXC path")
+    lc.add_argument("--compress", choices=["zstd"], default=None, help="compress page data")
+    _add_common(lc)
+    lr = lsub.add_parser("restore", help="restore container NAME from DIR")
+    lr.add_argument("name", metavar="NAME")
+    lr.add_argument("dir", metavar="DIR")
+    lr.add_argument("-P", "--lxcpath", default=None, help="LXC path")
+    _add_common(lr)
+
     # --- inspect / check / convert ----------------------------------------------------------
     i = sub.add_parser("inspect", help="decode an image")
     i.add_argument("image", metavar="IMAGE")
@@ -76,6 +93,9 @@ def _run(args) -> int:
     if args.cmd == "tree":
         from lxc_cr import commands_tree
         return commands_tree.run(args)
+    if args.cmd == "lxc":
+        from lxc_cr.runtime import lxc as lxc_runtime
+        return lxc_runtime.run(args)
     if args.cmd == "inspect":
         from lxc_cr.image import inspect as image_inspect
         return image_inspect.run(args)

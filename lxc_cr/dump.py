@@ -122,7 +122,12 @@ def discover(proc: Proc, root_pid: int) -> list[TaskState]:
             continue
         seen.add(hp)
         t = TaskState(hp)
-        refresh(proc, t)
+        try:
+            refresh(proc, t)
+        except TaskGone:
+            if hp == root_pid:
+                raise
+            continue                      # exited meanwhile: not part of the tree any more
         tasks.append(t)
         if not t.zombie:
             t.children = proc.children(hp)
@@ -156,37 +161,50 @@ def _relative_pids(tasks: list[TaskState]) -> None:
 
 def check_tree(proc: Proc, tasks: list[TaskState]) -> list:
     """Every resource that cannot be checkpointed, without stopping anything."""
-    from lxc_cr.resources import files, memory, namespaces
+    from lxc_cr.resources import files, namespaces
     problems = list(namespaces.check(proc, tasks[0]))
     for t in tasks:
         if t.host_pid == os.getpid():
             problems.append(_unsupported(t, "lxc-cr itself inside the tree"))
     pipe_count: dict[int, int] = {}
     descs = {}
+    gone = set()
     for t in tasks:
         if t.zombie:
             continue
-        t.maps = proc.maps(t.host_pid)
-        problems += memory.check(proc, t.host_pid, t.stat.comm, t.maps)
-        timers = proc.read(t.host_pid, "timers").strip()
-        if timers:
-            problems.append(_unsupported(t, "POSIX timer"))
-        descs[t.host_pid] = []
-        for fd in proc.fds(t.host_pid):
-            try:
-                descs[t.host_pid].append(files.describe(proc, t.host_pid, fd))
-            except OperationFailed as e:
-                if getattr(e, "errno", None) != 2:     # ENOENT: closed meanwhile
-                    raise
+        try:
+            problems += _check_task(proc, t, descs)
+        except TaskGone:
+            gone.add(t.host_pid)                  # exited meanwhile (only without a freezer)
+            continue
         for d in descs[t.host_pid]:
             if d.kind in ("pipe", "fifo"):
                 pipe_count[d.ino] = pipe_count.get(d.ino, 0) + 1
-    ctx = type("C", (), {"pipe_inode_count": pipe_count})()
+    ctx = type("C", (), {"pipe_inode_count": pipe_count, "descs": descs, "tasks": tasks})()
     for t in tasks:
-        if not t.zombie:
+        if not t.zombie and t.host_pid not in gone:
             t.fds = descs[t.host_pid]
             problems += files.check(ctx, t, t.fds)
     return problems, pipe_count
+
+
+def _check_task(proc: Proc, t: TaskState, descs: dict) -> list:
+    from lxc_cr.resources import files, memory, ttys
+    t.maps = proc.maps(t.host_pid)
+    problems = memory.check(proc, t.host_pid, t.stat.comm, t.maps)
+    if proc.read(t.host_pid, "timers").strip():
+        problems.append(_unsupported(t, "POSIX timer"))
+    descs[t.host_pid] = []
+    for fd in proc.fds(t.host_pid):
+        try:
+            d = files.describe(proc, t.host_pid, fd)
+        except OperationFailed as e:
+            if getattr(e, "errno", None) == 2:        # ENOENT: closed meanwhile
+                continue
+            raise
+        ttys.classify(d)
+        descs[t.host_pid].append(d)
+    return problems
 
 
 def _unsupported(t, kind):
@@ -293,6 +311,7 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
     from lxc_cr.image.reader import ImageReader
     from lxc_cr.image.writer import ImageWriter
     from lxc_cr.resources import creds, files, memory, namespaces, signals, task as task_mod
+    from lxc_cr.resources import ttys
     from lxc_cr.resources import threads as threads_mod
 
     t0 = time.monotonic()
@@ -338,6 +357,7 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
                 signals.dump_pending(ctx, t, t.leader.tracee,
                                      [(th, th.tracee) for th in t.threads])
                 files.dump(ctx, t, t.fds)
+                ttys.dump(ctx, t, t.fds, remote)
                 memory.dump(ctx, t, remote)
                 faults.step("dump", f"memory {t.pid}")
             for kind, obj in extra_records or ():

@@ -61,6 +61,8 @@ class RestoreCtx:
         self.scratch = 0
         self.shmem_fds: dict[int, int] = {}
         self.inherit_base = 1000
+        self.ctty_done: set[int] = set()
+        self.tty_fg: list = []
         self.inherited: list[int] = []    # fds the init passes down to every task
         self.init_remote = None
         self.fd_owner: dict[int, tuple[int, int]] = {}
@@ -141,7 +143,7 @@ def _validate(ctx: RestoreCtx) -> None:
 # --- building -----------------------------------------------------------------------------
 
 def _build(ctx: RestoreCtx, takeover=None):
-    from lxc_cr.resources import memory
+    from lxc_cr.resources import files, memory
     tasks = ctx.records["task"]
     root = tasks[0]
     if takeover is None:
@@ -157,6 +159,7 @@ def _build(ctx: RestoreCtx, takeover=None):
     try:
         _setup_scratch(ctx, init, tasks)
         ctx.shmem_fds = memory.prepare_shmem(ctx, init.remote, init_pid)
+        files.prepare(ctx, init_pid)     # resource modules' prepare(ctx): inherited objects
         by_pid: dict[int, Live] = {}
         if root.pid == 1:
             live = Live(root, init_pid)
@@ -169,16 +172,21 @@ def _build(ctx: RestoreCtx, takeover=None):
             init_live = Live(None, init_pid)
             init_live.threads[0] = (init.tracee, init.remote)
             by_pid[0] = init_live
+        tree_pids = {t.pid for t in tasks}
+        helpers: dict[int, Live] = {}
         for rec in tasks:
             if rec.pid in by_pid:
                 continue
             parent = by_pid.get(rec.ppid) or by_pid.get(0)
             if parent is None:
                 raise RestoreFailed(f"{ctx.path}: parent {rec.ppid} of pid {rec.pid} missing")
+            if rec.sid and rec.sid != rec.pid and rec.sid not in tree_pids:
+                parent = _session_helper(ctx, helpers, parent, rec)
             live = _fork(ctx, parent, rec)
             by_pid[rec.pid] = live
             lives.append(live)
             faults.step("restore", f"forked {rec.pid}")
+        _end_helpers(ctx, helpers, by_pid)
         ctx.t_forked = time.monotonic()
         if root.pid != 1:
             _release_reaper(ctx, by_pid[0])
@@ -186,6 +194,8 @@ def _build(ctx: RestoreCtx, takeover=None):
             if live.rec.state != "Z":
                 _rebuild(ctx, live)
                 faults.step("restore", f"rebuilt {live.pid}")
+        from lxc_cr.resources import ttys
+        ttys.restore_foreground(ctx, by_pid)
         for live in lives:
             if live.rec.state != "Z":
                 _credentials(ctx, live)
@@ -352,18 +362,51 @@ def _fork(ctx, parent: Live, rec) -> Live:
 
 
 def _session(ctx, live: Live, parent: Live | None) -> None:
+    """Make the process's session and process group what was recorded: it inherited its
+    parent's; setsid() / setpgid() where the record differs (a manager's init may already
+    lead its own session)."""
     rec = live.rec
     tracee, remote = live.threads[rec.pid]
-    if rec.sid == rec.pid:
+    cur_sid = remote.call("getsid", 0)
+    if rec.sid == rec.pid and cur_sid != rec.pid:
         remote.call("setsid")
-    elif parent is not None and parent.rec is not None and rec.sid != parent.rec.sid:
+        cur_sid = rec.pid
+    elif rec.sid != cur_sid and rec.sid != 0 and cur_sid != 0:
         raise RestoreFailed(f"pid {rec.pid}: session {rec.sid} is neither its own nor its "
-                            f"parent's ({parent.rec.sid}): not supported")
-    if rec.pgid == rec.pid and rec.sid != rec.pid:
-        remote.call("setpgid", 0, 0)
-    elif rec.pgid and rec.pgid != rec.pid and parent is not None and parent.rec is not None \
-            and rec.pgid != parent.rec.pgid:
+                            f"parent's ({cur_sid}): not supported")
+    cur_pgid = remote.call("getpgid", 0)
+    if rec.pgid and rec.pgid != cur_pgid:
         remote.call("setpgid", 0, rec.pgid)
+
+
+def _session_helper(ctx, helpers: dict, parent: Live, rec) -> Live:
+    """A session whose leader is gone (e.g. busybox init's rcS, which started a daemon and
+    exited): a short-lived helper with the leader's pid calls setsid() and forks the
+    session's processes; when it exits they are re-parented to the init, as recorded."""
+    from types import SimpleNamespace
+    if rec.sid in helpers:
+        return helpers[rec.sid]
+    if parent.rec is not None and parent.rec.pid != 1 and not getattr(parent.rec, "child_subreaper", 0):
+        raise RestoreFailed(f"pid {rec.pid}: its session {rec.sid} has no leader any more, "
+                            f"and its parent {rec.ppid} is not the init: not supported")
+    fake = SimpleNamespace(pid=rec.sid, ppid=parent.rec.pid if parent.rec else 0,
+                           nspids=[rec.sid] + list(rec.nspids[1:]), sid=rec.sid,
+                           pgid=rec.sid, exit_signal=signal.SIGCHLD, state="S")
+    h = _fork(ctx, parent, fake)
+    h.helper_parent = parent
+    helpers[rec.sid] = h
+    return h
+
+
+def _end_helpers(ctx, helpers: dict, by_pid: dict) -> None:
+    """Let every session helper exit and have its parent reap it (injected wait4)."""
+    for sid, h in helpers.items():
+        tracee, remote = h.threads[sid]
+        remote.call("exit_group", 0, expect_exit=True)
+        os.close(h.mem_fd)
+        h.mem_fd = -1
+        ptracee, premote = next(iter(h.helper_parent.threads.values()))
+        premote.call("wait4", sid, 0, ksys.WALL, 0)
 
 
 def _make_zombie(ctx, live: Live) -> None:
@@ -388,7 +431,9 @@ def _make_zombie(ctx, live: Live) -> None:
 
 
 def _release_reaper(ctx, init_live: Live) -> None:
+    from lxc_cr.resources import files
     tracee, remote = init_live.threads[0]
+    files.release_inherited(ctx, remote)       # the reaper holds no pipe end or socket
     remote.call("munmap", ctx.scratch, PAGE)
     tracee.setregs(remote.base)
     tracee.set_sigmask(0)
@@ -397,7 +442,7 @@ def _release_reaper(ctx, init_live: Live) -> None:
 
 
 def _rebuild(ctx, live: Live) -> None:
-    from lxc_cr.resources import files, memory, signals, task as task_mod
+    from lxc_cr.resources import files, memory, signals, task as task_mod, ttys  # noqa: F401
     from lxc_cr.resources import threads as threads_mod
     from lxc_cr.resources.threads import unregister_rseq
     leader, remote = live.threads[live.pid]

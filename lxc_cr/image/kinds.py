@@ -81,6 +81,8 @@ RECORD_MODULES = (
     "lxc_cr.resources.memory_records",
     "lxc_cr.resources.files_records",
     "lxc_cr.resources.ns_records",
+    "lxc_cr.runtime.records",
+    "lxc_cr.resources.ttys",
 )
 
 _loaded = False

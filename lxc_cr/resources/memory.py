@@ -354,16 +354,28 @@ def _move_specials(ctx, remote, current, vmas, scratch) -> None:
         remote.call("munmap", tmp, e - s)
 
 
+def _same_file(a: str, b: str) -> bool:
+    """The kernel refuses to change /proc/PID/exe while the old file is still mapped
+    (EBUSY); when the task already runs the recorded executable nothing needs changing."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
 def _set_mm(ctx, remote, task, mm) -> None:
     """prctl(PR_SET_MM, PR_SET_MM_MAP, &struct prctl_mm_map, sizeof) with exe_fd."""
     auxv = list(mm.auxv)
     auxv_addr = ctx.scratch + 1024
     remote.write(auxv_addr, struct.pack(f"<{len(auxv)}Q", *auxv))
     exe_fd = _open_checked(ctx, remote, task, mm.exe, O_RDONLY, mm.exe_dev, mm.exe_ino, 0, 0)
+    same = _same_file(f"/proc/{task.host_pid}/exe", f"/proc/{task.host_pid}/fd/{exe_fd}")
     try:
         m = struct.pack("<11QQII", mm.start_code, mm.end_code, mm.start_data, mm.end_data,
                         mm.start_brk, mm.brk, mm.start_stack, mm.arg_start, mm.arg_end,
-                        mm.env_start, mm.env_end, auxv_addr, len(auxv) * 8, exe_fd)
+                        mm.env_start, mm.env_end, auxv_addr, len(auxv) * 8,
+                        0xFFFFFFFF if same else exe_fd)
         remote.write(ctx.scratch + 512, m)
         remote.call("prctl", PR_SET_MM, PR_SET_MM_MAP, ctx.scratch + 512, len(m), 0)
     finally:

@@ -1,0 +1,245 @@
+"""LXC adapter: ``lxc-cr lxc checkpoint|restore`` and the ``lxc-checkpoint`` wrapper.
+
+Checkpoint: find the container through python3-lxc, freeze its cgroup while every thread
+is seized, dump the tree and its namespaces into DIR/IMAGE_NAME with the container's config
+inside (and a copy as DIR/config), then leave it running or stop it.
+
+Restore: LXC starts the container from its own config (rootfs, mounts, veth on its bridge,
+cgroups, console and ttys), with one extra start-host hook given on the lxc-start command
+line only (the config file is never changed).  The hook hands the init's host pid
+(LXC_PID, not yet exec'd) to us over a unix socket; we PTRACE_SEIZE it with
+PTRACE_O_TRACEEXEC, let the hook return, and take the init over when it stops at its exec,
+before it runs one instruction of its own.  The recorded tree is then rebuilt inside.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+from lxc_cr.errors import OperationFailed, RestoreFailed, UnknownTarget
+
+IMAGE_NAME = "lxc-cr.img"
+RUN_DIR = "/run/lxc-cr"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HOOK = os.path.join(REPO, "hooks", "lxc", "start-host")
+
+
+def _lxc():
+    try:
+        import lxc
+    except ImportError as e:
+        raise OperationFailed(f"python3-lxc is not available: {e}") from None
+    return lxc
+
+
+def container(name: str, lxcpath: str | None = None):
+    lxc = _lxc()
+    c = lxc.Container(name, lxcpath) if lxcpath else lxc.Container(name)
+    if not c.defined:
+        raise UnknownTarget(f"{name}: no such container" +
+                            (f" in {lxcpath}" if lxcpath else ""))
+    return c
+
+
+def init_pid(name: str, lxcpath: str | None = None) -> int:
+    c = container(name, lxcpath)
+    if not c.running or c.init_pid <= 0:
+        raise OperationFailed(f"{name}: container is not running")
+    return c.init_pid
+
+
+def socket_path(name: str) -> str:
+    return f"{RUN_DIR}/restore-{name}.sock"
+
+
+# --- checkpoint ---------------------------------------------------------------------------
+
+def checkpoint(name: str, directory: str, stop: bool = False, lxcpath: str | None = None,
+               verbose: bool = False, compress: str | None = None) -> dict:
+    from lxc_cr.dump import dump_tree
+    from lxc_cr.kernel.cgroup import Freezer
+    from lxc_cr.runtime.records import SOURCE_CONFIG
+    c = container(name, lxcpath)
+    if not c.running:
+        raise OperationFailed(f"{name}: container is not running")
+    pid = c.init_pid
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    with open(c.config_file_name) as f:
+        config = f.read()
+    image = os.path.join(directory, IMAGE_NAME)
+    stats = dump_tree(pid, image, leave_running=not stop, compress=compress,
+                      source_kind="lxc", source_name=name, freezer=Freezer(pid),
+                      extra_records=[(SOURCE_CONFIG, dict(kind="lxc", name=name,
+                                                           lxcpath=c.get_config_path(),
+                                                           config=config))])
+    _copy_config(config, directory)
+    if stop:
+        if not c.wait("STOPPED", 30):
+            raise OperationFailed(f"{name}: checkpointed, but LXC did not report STOPPED")
+    if verbose:
+        print(f"{name}: checkpointed to {image} ({stats['pages_written']} pages, "
+              f"{stats['tasks']} processes)")
+    return stats
+
+
+def _copy_config(config: str, directory: str) -> None:
+    tmp = os.path.join(directory, ".config.tmp")
+    with open(tmp, "w") as f:
+        f.write(config)
+    os.chmod(tmp, 0o600)
+    os.rename(tmp, os.path.join(directory, "config"))
+
+
+# --- restore ------------------------------------------------------------------------------
+
+def restore(name: str, directory: str, lxcpath: str | None = None, verbose: bool = False) -> dict:
+    from lxc_cr.image.reader import ImageReader
+    from lxc_cr.restore import restore_tree
+    c = container(name, lxcpath)
+    if c.running:
+        raise OperationFailed(f"{name}: container is running; stop it before restoring")
+    image = os.path.join(directory, IMAGE_NAME)
+    if not os.path.exists(image):
+        raise UnknownTarget(f"{image}: no checkpoint image")
+    with ImageReader(image) as r:
+        if str(r.header.source_kind) != "lxc":
+            raise UnknownTarget(f"{image}: not an LXC checkpoint "
+                                f"(source {r.header.source_kind})")
+    os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
+    path = socket_path(name)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    starter = {}
+
+    def takeover() -> int:
+        cmd = ["lxc-start", "-n", name, "-d", "-s", f"lxc.hook.start-host={HOOK}"]
+        if lxcpath:
+            cmd[1:1] = ["-P", lxcpath]
+        starter["proc"] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return _accept_init(listener, starter["proc"], name)
+
+    try:
+        stats = restore_tree(image, takeover=takeover)
+    except BaseException:
+        p = starter.get("proc")
+        if p is not None:
+            _reap_starter(p)
+        _stop_quiet(c)
+        raise
+    finally:
+        listener.close()
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    _reap_starter(starter["proc"])
+    if not c.wait("RUNNING", 30):
+        raise RestoreFailed(f"{name}: restored, but LXC does not report RUNNING")
+    if verbose:
+        print(f"{name}: restored from {image}, init pid {c.init_pid}")
+    return stats
+
+
+def _accept_init(listener, proc, name: str, timeout: float = 60.0) -> int:
+    """Wait for the start-host hook, seize the init it names, wait for its exec stop."""
+    from lxc_cr.kernel.ptrace import (EVENT_EXEC, O_EXITKILL, O_TRACEEXEC, O_TRACESYSGOOD,
+                                      PTRACE_CONT, PTRACE_SYSCALL, Tracee)
+    listener.settimeout(0.2)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn, _ = listener.accept()
+            break
+        except socket.timeout:
+            if proc.poll() is not None and proc.returncode != 0:
+                err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+                raise RestoreFailed(f"{name}: lxc-start failed: {err[-1] if err else proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RestoreFailed(f"{name}: the container's start-host hook never called")
+    with conn:
+        conn.settimeout(10)
+        msg = conn.recv(64).decode().strip()
+        try:
+            pid = int(msg)
+        except ValueError:
+            raise RestoreFailed(f"{name}: bad message from the start-host hook: {msg!r}") from None
+        tracee = Tracee.seize(pid, O_TRACEEXEC | O_EXITKILL | O_TRACESYSGOOD)
+        conn.sendall(b"ok\n")
+    while True:
+        st = tracee.wait()
+        if st.exited:
+            raise RestoreFailed(f"{name}: the container's init exited before its exec")
+        if st.event == EVENT_EXEC:
+            # The exec stop is inside execve: let it return (syscall-exit stop), so the
+            # registers we set for injected syscalls are not overwritten by its result.
+            tracee._resume(PTRACE_SYSCALL)
+            st = tracee.wait()
+            if st.exited or st.sig != (signal.SIGTRAP | 0x80):
+                raise RestoreFailed(f"{name}: init did not stop at the exit of its execve")
+            return pid
+        sig = st.sig if st.event == 0 and st.sig not in (signal.SIGTRAP, signal.SIGSTOP) else 0
+        tracee._resume(PTRACE_CONT, sig)
+
+
+def _reap_starter(proc) -> None:
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _stop_quiet(c) -> None:
+    try:
+        if c.running:
+            c.stop()
+            c.wait("STOPPED", 10)
+    except Exception:
+        pass
+
+
+# --- the lxc-checkpoint wrapper ----------------------------------------------------------
+
+def lxc_checkpoint(args) -> int:
+    """``lxc-checkpoint -n NAME -D DIR [-s] [-r] [-v] [-d|-F] [-P LXCPATH]``, LXC's semantics:
+    dump leaves the container running unless -s; -r restores; a dump refuses a stopped
+    container and a restore a running one."""
+    if args.restore:
+        if args.stop:
+            raise OperationFailed("-s makes no sense with -r")
+        restore(args.name, args.checkpoint_dir, lxcpath=args.lxcpath, verbose=args.verbose)
+    else:
+        checkpoint(args.name, args.checkpoint_dir, stop=args.stop, lxcpath=args.lxcpath,
+                   verbose=args.verbose)
+    return 0
+
+
+def run(args) -> int:
+    """``lxc-cr lxc checkpoint|restore``."""
+    if args.lxc_cmd == "checkpoint":
+        checkpoint(args.name, args.dir, stop=args.stop, lxcpath=args.lxcpath,
+                   verbose=args.verbose, compress=getattr(args, "compress", None))
+        return 0
+    if args.lxc_cmd == "restore":
+        restore(args.name, args.dir, lxcpath=args.lxcpath, verbose=args.verbose)
+        return 0
+    raise OperationFailed(f"unknown lxc action {args.lxc_cmd}")
+
+
+def has_image(directory: str) -> bool:
+    return os.path.exists(os.path.join(directory, IMAGE_NAME))
+
+
+def remove_image(directory: str) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
