@@ -73,6 +73,40 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("-P", "--lxcpath", default=None, help="LXC path")
     _add_common(lr)
 
+    # --- virsh (libvirt LXC domains) ---------------------------------------------------------
+    vs = sub.add_parser("virsh", help="virsh-style save/restore of libvirt LXC domains")
+    vsub = vs.add_subparsers(dest="virsh_cmd", metavar="ACTION", parser_class=_Parser)
+    vsub.required = True
+
+    def vparser(name, help_):
+        p = vsub.add_parser(name, help=help_)
+        p.add_argument("-c", "--connect", metavar="URI", default=None,
+                       help="hypervisor connection URI (default lxc:///system)")
+        _add_common(p)
+        return p
+    v = vparser("save", "save a running domain to FILE")
+    v.add_argument("domain", metavar="DOMAIN")
+    v.add_argument("file", metavar="FILE")
+    g = v.add_mutually_exclusive_group()
+    g.add_argument("--running", action="store_true")
+    g.add_argument("--paused", action="store_true")
+    v = vparser("restore", "restore a domain from FILE")
+    v.add_argument("file", metavar="FILE")
+    g = v.add_mutually_exclusive_group()
+    g.add_argument("--running", action="store_true")
+    g.add_argument("--paused", action="store_true")
+    v = vparser("managedsave", "save a domain under lxc-cr's managed-save directory")
+    v.add_argument("domain", metavar="DOMAIN")
+    v = vparser("start", "start a domain, resuming its managed save if it has one")
+    v.add_argument("domain", metavar="DOMAIN")
+    v.add_argument("--force-boot", action="store_true", help="discard any managed save")
+    v = vparser("managedsave-remove", "remove a domain's managed save")
+    v.add_argument("domain", metavar="DOMAIN")
+    v = vparser("save-image-dumpxml", "print the domain XML stored in FILE")
+    v.add_argument("file", metavar="FILE")
+    v = vparser("dominfo", "domain state and whether a managed save exists")
+    v.add_argument("domain", metavar="DOMAIN")
+
     # --- inspect / check / convert ----------------------------------------------------------
     i = sub.add_parser("inspect", help="decode an image")
     i.add_argument("image", metavar="IMAGE")
@@ -96,6 +130,9 @@ def _run(args) -> int:
     if args.cmd == "lxc":
         from lxc_cr.runtime import lxc as lxc_runtime
         return lxc_runtime.run(args)
+    if args.cmd == "virsh":
+        from lxc_cr.runtime import libvirt as virt_runtime
+        return virt_runtime.run(args)
     if args.cmd == "inspect":
         from lxc_cr.image import inspect as image_inspect
         return image_inspect.run(args)

@@ -360,6 +360,8 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
                 ttys.dump(ctx, t, t.fds, remote)
                 memory.dump(ctx, t, remote)
                 faults.step("dump", f"memory {t.pid}")
+                if progress is not None:
+                    progress(tasks.index(t) + 1, len(tasks) + 1)
             for kind, obj in extra_records or ():
                 w.add(kind, obj)
             faults.step("dump", "written")
