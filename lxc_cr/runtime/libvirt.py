@@ -69,18 +69,31 @@ def init_pid(name: str, uri: str | None = None) -> int:
 
 
 def _status_init_pid(name: str, timeout: float = 0.0) -> int:
+    """The init's host pid from libvirt's status file, once it names a live init whose
+    parent is the domain's controller (the file can still hold a previous run's pids)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             with open(f"{STATUS_DIR}/{name}.xml") as f:
-                m = re.search(r"<init pid='(\d+)'", f.read())
+                text = f.read()
         except FileNotFoundError:
-            m = None
-        if m and int(m.group(1)) > 0:
-            return int(m.group(1))
+            text = ""
+        ctrl = re.search(r"<domstatus [^>]*pid='(\d+)'", text)
+        init = re.search(r"<init pid='(\d+)'", text)
+        if ctrl and init and int(init.group(1)) > 0 and \
+                _ppid(int(init.group(1))) == int(ctrl.group(1)):
+            return int(init.group(1))
         if time.monotonic() >= deadline:
-            raise OperationFailed(f"domain '{name}': no init pid in {STATUS_DIR}/{name}.xml")
+            raise OperationFailed(f"domain '{name}': no live init pid in {STATUS_DIR}/{name}.xml")
         time.sleep(0.005)
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
 
 
 def managed_path(name: str) -> str:
