@@ -1,0 +1,170 @@
+"""LXC integration: real busybox containers (template config unchanged) through
+``lxc-checkpoint`` and ``lxc-cr lxc``; the restored container is managed by LXC again."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = REPO / ".venv" / "bin"
+
+RCS = """#!/bin/sh
+/bin/syslogd
+/bin/sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done' </dev/null >/dev/null 2>&1 &
+"""
+
+
+def run(*argv, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=timeout)
+
+
+def rootfs(ct) -> Path:
+    return Path(ct.lxcpath) / ct.name / "rootfs"
+
+
+def counter(ct) -> int:
+    try:
+        return int((rootfs(ct) / "tmp" / "counter").read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def wait_for(cond, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def processes(ct) -> set[tuple[int, str]]:
+    """(pid, command) of the container's long-lived processes, seen from inside."""
+    r = ct.attach("ps")
+    assert r.returncode == 0, r.stderr
+    out = set()
+    for line in r.stdout.splitlines()[1:]:
+        parts = line.split(None, 2)
+        if len(parts) == 3 and not re.match(r"(ps|sleep)\b", parts[2]):
+            out.add((int(parts[0]), parts[2]))
+    return out
+
+
+def counter_container(lxc_container, label="ct"):
+    ct = lxc_container(label)
+    (rootfs(ct) / "etc" / "init.d" / "rcS").write_text(RCS)
+    ct.start()
+    wait_for(lambda: counter(ct) >= 3, what="the counter loop")
+    return ct
+
+
+def lxc_info(ct) -> str:
+    r = run("lxc-info", "-n", ct.name, "-P", ct.lxcpath)
+    return r.stdout
+
+
+def test_lxc_checkpoint_stop_and_restore(lxc_container, tmp_path):
+    ct = counter_container(lxc_container, "ckpt")
+    before = processes(ct)
+    assert any("syslogd" in cmd for _, cmd in before)
+    d = tmp_path / "ckpt"
+    r = run(VENV_BIN / "lxc-checkpoint", "-n", ct.name, "-P", ct.lxcpath, "-D", d, "-s")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"State:\s+STOPPED", lxc_info(ct))
+    at_checkpoint = counter(ct)
+    time.sleep(0.3)
+    assert counter(ct) == at_checkpoint, "the container kept running after -s"
+
+    r = run(VENV_BIN / "lxc-checkpoint", "-n", ct.name, "-P", ct.lxcpath, "-D", d, "-r")
+    assert r.returncode == 0, r.stderr
+    info = lxc_info(ct)
+    assert re.search(r"State:\s+RUNNING", info), info
+    assert int(re.search(r"PID:\s+(\d+)", info).group(1)) == ct.init_pid()
+    seen = wait_for(lambda: counter(ct) > at_checkpoint and counter(ct), what="counter to advance")
+    assert at_checkpoint < seen <= at_checkpoint + 50, "the counter restarted instead of continuing"
+    assert processes(ct) == before
+    r = run("lxc-stop", "-n", ct.name, "-P", ct.lxcpath, "-t", "30")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"State:\s+STOPPED", lxc_info(ct))
+
+
+def test_lxc_checkpoint_leaves_running_by_default(lxc_container, tmp_path):
+    ct = counter_container(lxc_container, "live")
+    d = tmp_path / "ckpt"
+    r = run(VENV_BIN / "lxc-cr", "lxc", "checkpoint", ct.name, d, "-P", ct.lxcpath)
+    assert r.returncode == 0, r.stderr
+    c0 = counter(ct)
+    wait_for(lambda: counter(ct) > c0 + 2, what="the counter after a live checkpoint")
+    assert (d / "lxc-cr.img").stat().st_mode & 0o777 == 0o600
+    r = run(VENV_BIN / "lxc-cr", "lxc", "restore", ct.name, d, "-P", ct.lxcpath)
+    assert r.returncode == 1 and "running" in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("lxc-cr: error:")
+
+
+def test_lxc_refuses_stopped_and_unknown(lxc_container, tmp_path):
+    ct = lxc_container("stopped")
+    r = run(VENV_BIN / "lxc-checkpoint", "-n", ct.name, "-P", ct.lxcpath, "-D", tmp_path / "x")
+    assert r.returncode == 1 and "not running" in r.stderr, r.stderr
+    r = run(VENV_BIN / "lxc-cr", "lxc", "checkpoint", "lxccr-test-no-such", tmp_path / "y")
+    assert r.returncode == 2 and "no such container" in r.stderr, r.stderr
+
+
+def test_lxc_twenty_cycles(lxc_container, tmp_path):
+    ct = counter_container(lxc_container, "cycles")
+    last = counter(ct)
+    for cycle in range(20):
+        d = tmp_path / f"c{cycle}"
+        r = run(VENV_BIN / "lxc-cr", "lxc", "checkpoint", ct.name, d, "--stop", "-P", ct.lxcpath)
+        assert r.returncode == 0, f"cycle {cycle}: {r.stderr}"
+        at = counter(ct)
+        assert at >= last
+        r = run(VENV_BIN / "lxc-cr", "lxc", "restore", ct.name, d, "-P", ct.lxcpath)
+        assert r.returncode == 0, f"cycle {cycle}: {r.stderr}"
+        last = wait_for(lambda: counter(ct) > at and counter(ct), what=f"cycle {cycle} counter")
+    ct.stop()
+
+
+URING = r"""
+#include <stdio.h>
+#include <unistd.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/syscall.h>
+int main(void) {
+    unsigned char params[120]; memset(params, 0, sizeof params);
+    int fd = syscall(425, 4, params);            /* io_uring_setup */
+    if (fd < 0) return 1;
+    for (unsigned long i = 0;; i++) {
+        int o = open("/tmp/uring", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dprintf(o, "%lu\n", i); close(o); usleep(50000);
+    }
+}
+"""
+
+
+def test_lxc_unsupported_resource_refused(lxc_container, cc, tmp_path):
+    ct = lxc_container("uring")
+    binary = cc(URING, name="uring")
+    target = rootfs(ct) / "bin" / "uring"
+    target.write_bytes(Path(binary).read_bytes())
+    target.chmod(0o755)
+    (rootfs(ct) / "etc" / "init.d" / "rcS").write_text(
+        RCS + "/bin/uring </dev/null >/dev/null 2>&1 &\n")
+    ct.start()
+    uring = rootfs(ct) / "tmp" / "uring"
+    wait_for(lambda: uring.exists() and uring.read_text().strip(), what="the io_uring holder")
+    r = run(VENV_BIN / "lxc-cr", "lxc", "checkpoint", ct.name, tmp_path / "d", "-P", ct.lxcpath)
+    assert r.returncode == 1
+    assert re.match(r"lxc-cr: error: pid \d+ \(uring\) fd \d+: io_uring instance: not supported",
+                    r.stderr), r.stderr
+    assert not (tmp_path / "d" / "lxc-cr.img").exists()
+    assert ct.state() == "RUNNING"
+    c0 = counter(ct)
+    wait_for(lambda: counter(ct) > c0, what="the container to keep running")
