@@ -21,8 +21,9 @@ import pytest
 
 from treeutil import (all_pids_with_exe, assert_continued, assert_one_error_line,
                       assert_running_untraced, build, descendants_of_me, dump_kill, gone,
-                      harness_fixture, idents, ids, read_state, sha256_file, snapshot, wait_changed,
-                      wait_for)
+                      harness_fixture, idents, ids, read_state, reset_state, sha256_file,
+                      snapshot,
+                      wait_changed, wait_for)
 
 pytestmark = pytest.mark.integration
 
@@ -133,10 +134,10 @@ def test_fault_at_every_dump_and_restore_step(tree, kind):
 
     # and the image still restores, continuing from the checkpoint
     for f in files:
-        f.unlink()
+        reset_state(f)
     root = tree.restore(img)
     for f in files:
-        s = wait_for(lambda f=f: f.exists() and read_state(f), f"{f.name} rewritten")
+        s = wait_for(lambda f=f: read_state(f), f"{f.name} rewritten")
         assert s["boot"] == checkpoint[f]["boot"]
         assert int(s["counter"]) > int(checkpoint[f]["counter"])
     assert ids(snapshot(root)) == ids(snap0)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from treeutil import (assert_running_untraced, build, gone, harness_fixture, idents,
-                      read_state, snapshot, state_int, tree_pids, wait_for, wait_state)
+                      read_state, reset_state, snapshot, state_int, tree_pids, wait_for,
+                      wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -50,9 +51,9 @@ def test_leave_running_then_second_copy_continues_from_checkpoint(tree):
         wait_for(lambda p=p: gone(p), f"pid {p} of the first copy to die")
     first_final = state_int(st, "counter")
     assert first_final > checkpoint + 200
-    st.unlink()
+    reset_state(st)
     root = tree.restore(d / "img")
-    s = wait_for(lambda: st.exists() and read_state(st), "the second copy to write its state")
+    s = wait_for(lambda: read_state(st), "the second copy to write its state")
     assert s["boot"] == boot, "the second copy is not the checkpointed program"
     assert int(s["counter"]) == checkpoint, (
         f"the second copy starts at {s['counter']}, not at the checkpoint value {checkpoint} "

@@ -10,7 +10,7 @@ Self-contained on purpose (no dependency on tests/conftest.py):
   threads, fds, state) that a test compares before the dump and after the restore;
 * ``wait_for(pred)`` is the one bounded poll loop (liveness only: it never asserts a duration).
 
-Workloads report through state files (``key=value`` lines, rewritten atomically with rename),
+Workloads report through state files (``key=value`` lines rewritten in place, see read_state),
 so nothing here reads a pipe of the workload: the engine refuses pipes and ttys on stdio.
 
 Reaping: on these machines the host's pid 1 (``process_api``) does not reap orphans, so a killed
@@ -119,13 +119,31 @@ def wait_for(pred, what: str, timeout: float = 30.0, interval: float = 0.005):
 # state files written by the workloads
 
 def read_state(path) -> dict[str, str]:
-    """``key=value`` lines of a state file (written by rename, so never torn)."""
-    out = {}
-    for line in Path(path).read_text().splitlines():
-        if "=" in line:
-            k, v = line.split("=", 1)
-            out[k] = v
-    return out
+    """``key=value`` lines of a state file; {} for a file with no record yet (or reset).
+
+    Workloads rewrite their state file in place (put_state in tests/workloads/*.c): the
+    record starts with ``seq=K`` and ends with ``end=K``; a read that sees them differ caught
+    a write half-done and is repeated.
+    """
+    for _ in range(1000):
+        out = {}
+        for line in Path(path).read_text(errors="replace").splitlines():
+            if "=" in line:
+                k, v = line.split("=", 1)
+                out[k] = v
+        if out.get("seq") == out.get("end"):      # both absent: a file written once
+            return out
+        time.sleep(0.001)
+    raise ValueError(f"{path}: seq and end never agree (torn writes only)")
+
+
+def reset_state(path) -> None:
+    """Blank a state file in place (same inode: a restored process may reopen it by path)."""
+    fd = os.open(str(path), os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"\n" * 4096, 0)
+    finally:
+        os.close(fd)
 
 
 def state_int(path, key: str) -> int:
@@ -142,7 +160,7 @@ def wait_state(path, pred, what: str, timeout: float = 30.0) -> dict[str, str]:
 
 def wait_changed(path, old: dict, key: str = "counter", timeout: float = 30.0) -> dict:
     """Wait for the first rewrite of a state file whose ``key`` differs from ``old[key]``."""
-    return wait_state(path, lambda st: st.get(key) != old.get(key),
+    return wait_state(path, lambda st: key in st and st[key] != old.get(key),
                       f"a new write of {key} (was {old.get(key)})", timeout=timeout)
 
 

@@ -12,8 +12,8 @@
  *         P={NET_BIND_SERVICE, KILL, NET_RAW}, I={NET_BIND_SERVICE}, and raises
  *         NET_BIND_SERVICE in its ambient set
  *
- * Every process, every 3 ms, increments its counter and rewrites DIR/state.ROLE (tmp +
- * rename) with  boot= counter= role= ok=  (ok=0 and error= if a credential change failed).
+ * Every process, every 3 ms, increments its counter and rewrites DIR/state.ROLE (in place,
+ * see put_state) with  boot= counter= role= ok=  (ok=0 and error= if a credential change failed).
  * DIR must be writable by uid 1000/1001.
  */
 #define _GNU_SOURCE
@@ -34,20 +34,30 @@
 
 static const char *dir;
 
-static void write_file(const char *name, const char *buf, int n)
-{
-	char path[4096], tmp[4200];
-	int fd;
+/* The state file is opened once and rewritten in place with pwrite: 4096 bytes, "seq=K" first
+ * and "end=K" last, padded with newlines; a reader that sees seq != end caught it mid-write and
+ * reads again.  It is never renamed or removed, so an image holding it open restores even
+ * after the program ran on (a tmp+rename scheme would leave the image a vanished path). */
+static int state_fd = -1;
+static unsigned long long state_seq;
 
-	snprintf(path, sizeof path, "%s/%s", dir, name);
-	snprintf(tmp, sizeof tmp, "%s.tmp", path);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0)
+static void put_state(const char *path, const char *body)
+{
+	char buf[4096];
+	int n;
+
+	if (state_fd < 0)
+		state_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (state_fd < 0)
 		return;
-	if (write(fd, buf, n) == n && close(fd) == 0)
-		rename(tmp, path);
-	else
-		close(fd);
+	state_seq++;
+	memset(buf, '\n', sizeof buf);
+	n = snprintf(buf, sizeof buf, "seq=%llu\n%send=%llu\n", state_seq, body, state_seq);
+	if (n <= 0 || n >= (int)sizeof buf)
+		return;
+	buf[n] = '\n';
+	if (pwrite(state_fd, buf, sizeof buf, 0) < 0)
+		return;			/* nothing better to do: the reader waits for the next */
 }
 
 static void nap_ms(long ms)
@@ -60,12 +70,12 @@ static void nap_ms(long ms)
 static void loop(const char *role, const char *error)
 {
 	uint64_t boot = 0, counter = 0;
-	char name[64], buf[1024];
+	char name[4200], buf[1024];
 	int n, err = errno;
 
 	if (getrandom(&boot, sizeof boot, 0) != sizeof boot)
 		_exit(3);
-	snprintf(name, sizeof name, "state.%s", role);
+	snprintf(name, sizeof name, "%s/state.%s", dir, role);
 	for (;;) {
 		counter++;
 		n = snprintf(buf, sizeof buf, "boot=%016llx\ncounter=%llu\nrole=%s\nok=%d\n",
@@ -74,7 +84,7 @@ static void loop(const char *role, const char *error)
 		if (error)
 			n += snprintf(buf + n, sizeof buf - n, "error=%s: %s\n", error,
 				      strerror(err));
-		write_file(name, buf, n);
+		put_state(name, buf);
 		nap_ms(3);
 	}
 }

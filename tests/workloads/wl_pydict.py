@@ -5,8 +5,8 @@ usage: python3 wl_pydict.py STATE [N]
 Builds {f"k{i}": value(i) for i < N} (string keys: their hashes depend on the interpreter's
 randomized hash secret, which lives in its memory).  Then, in a loop: verifies every entry
 against value(i) and the dict's length, sums the values, increments a counter and rewrites
-STATE (tmp + rename) with  boot= counter= ok=1|0 sum= expected_sum= len= .
-No file descriptor stays open between iterations.
+STATE with  boot= counter= ok=1|0 sum= expected_sum= len= .  STATE is kept open and
+rewritten in place (4096 bytes, "seq=K" first, "end=K" last), like the C workloads' put_state.
 """
 
 import os
@@ -20,18 +20,19 @@ def value(i: int) -> int:
     return (i * 2654435761 + 12345) & MASK
 
 
-def write_state(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+class StateFile:
+    def __init__(self, path: str):
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.seq = 0
+
+    def write(self, text: str) -> None:
+        self.seq += 1
+        data = f"seq={self.seq}\n{text}end={self.seq}\n".encode()
+        os.pwrite(self.fd, data.ljust(4096, b"\n"), 0)
 
 
 def main() -> None:
-    path = sys.argv[1]
+    state = StateFile(sys.argv[1])
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 1_000_000
     boot = os.urandom(8).hex()
     d = {f"k{i}": value(i) for i in range(n)}
@@ -41,7 +42,7 @@ def main() -> None:
         ok = len(d) == n and all(d.get(f"k{i}") == value(i) for i in range(n))
         total = sum(d.values())
         counter += 1
-        write_state(path, f"boot={boot}\ncounter={counter}\nok={int(ok)}\nsum={total}\n"
+        state.write(f"boot={boot}\ncounter={counter}\nok={int(ok)}\nsum={total}\n"
                           f"expected_sum={expected_sum}\nlen={len(d)}\n")
         time.sleep(0.01)
 

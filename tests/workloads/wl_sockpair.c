@@ -3,7 +3,7 @@
  * usage: wl_sockpair STATE [child]
  * Creates socketpair(AF_UNIX, SOCK_STREAM) and keeps both ends open (with "child", a forked
  * child creates and holds it and the root holds none).  The holder, every 2 ms, increments
- * its counter and rewrites STATE (tmp + rename) with  boot= counter= fd0= fd1= .
+ * its counter and rewrites STATE (in place, see put_state) with  boot= counter= fd0= fd1= .
  * With "child" the root just sleeps in a loop.
  */
 #define _GNU_SOURCE
@@ -24,28 +24,47 @@ static void nap_ms(long ms)
 		;
 }
 
+/* The state file is opened once and rewritten in place with pwrite: 4096 bytes, "seq=K" first
+ * and "end=K" last, padded with newlines; a reader that sees seq != end caught it mid-write and
+ * reads again.  It is never renamed or removed, so an image holding it open restores even
+ * after the program ran on (a tmp+rename scheme would leave the image a vanished path). */
+static int state_fd = -1;
+static unsigned long long state_seq;
+
+static void put_state(const char *path, const char *body)
+{
+	char buf[4096];
+	int n;
+
+	if (state_fd < 0)
+		state_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (state_fd < 0)
+		return;
+	state_seq++;
+	memset(buf, '\n', sizeof buf);
+	n = snprintf(buf, sizeof buf, "seq=%llu\n%send=%llu\n", state_seq, body, state_seq);
+	if (n <= 0 || n >= (int)sizeof buf)
+		return;
+	buf[n] = '\n';
+	if (pwrite(state_fd, buf, sizeof buf, 0) < 0)
+		return;			/* nothing better to do: the reader waits for the next */
+}
+
 static void hold(const char *path)
 {
 	uint64_t boot = 0, counter = 0;
-	char tmp[4096], buf[512];
-	int sv[2], n, fd;
+	char buf[512];
+	int sv[2];
 
 	if (getrandom(&boot, sizeof boot, 0) != sizeof boot)
 		_exit(3);
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv))
 		_exit(4);
-	snprintf(tmp, sizeof tmp, "%s.tmp", path);
 	for (;;) {
 		counter++;
-		n = snprintf(buf, sizeof buf, "boot=%016llx\ncounter=%llu\nfd0=%d\nfd1=%d\n",
-			     (unsigned long long)boot, (unsigned long long)counter, sv[0], sv[1]);
-		fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-		if (fd >= 0) {
-			if (write(fd, buf, n) == n && close(fd) == 0)
-				rename(tmp, path);
-			else
-				close(fd);
-		}
+		snprintf(buf, sizeof buf, "boot=%016llx\ncounter=%llu\nfd0=%d\nfd1=%d\n",
+			 (unsigned long long)boot, (unsigned long long)counter, sv[0], sv[1]);
+		put_state(path, buf);
 		nap_ms(2);
 	}
 }

@@ -6,7 +6,7 @@
  * shared += 1 and slot[i] = tls_count, so  shared == sum(slot)  whenever the mutex is held.
  * A __thread canary (set once per thread) is checked every iteration (badN counts misses).
  * The main thread, every 5 ms, copies everything under the mutex and rewrites STATE
- * (STATE.tmp + rename):
+ * (in place, see put_state):
  *   boot= main= shared= sum= nthreads= countI= tidI= badI=  (I = 0..NTHREADS-1; tid: gettid())
  */
 #define _GNU_SOURCE
@@ -31,19 +31,30 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t shared;
 static struct { uint64_t count, bad; int tid; } slot[MAXT];
 
-static void write_state(const char *path, const char *buf, int n)
-{
-	char tmp[4096];
-	int fd;
+/* The state file is opened once and rewritten in place with pwrite: 4096 bytes, "seq=K" first
+ * and "end=K" last, padded with newlines; a reader that sees seq != end caught it mid-write and
+ * reads again.  It is never renamed or removed, so an image holding it open restores even
+ * after the program ran on (a tmp+rename scheme would leave the image a vanished path). */
+static int state_fd = -1;
+static unsigned long long state_seq;
 
-	snprintf(tmp, sizeof tmp, "%s.tmp", path);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0)
+static void put_state(const char *path, const char *body)
+{
+	char buf[4096];
+	int n;
+
+	if (state_fd < 0)
+		state_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (state_fd < 0)
 		return;
-	if (write(fd, buf, n) == n && close(fd) == 0)
-		rename(tmp, path);
-	else
-		close(fd);
+	state_seq++;
+	memset(buf, '\n', sizeof buf);
+	n = snprintf(buf, sizeof buf, "seq=%llu\n%send=%llu\n", state_seq, body, state_seq);
+	if (n <= 0 || n >= (int)sizeof buf)
+		return;
+	buf[n] = '\n';
+	if (pwrite(state_fd, buf, sizeof buf, 0) < 0)
+		return;			/* nothing better to do: the reader waits for the next */
 }
 
 static void nap_ms(long ms)
@@ -108,7 +119,7 @@ int main(int argc, char **argv)
 				      i, (unsigned long long)slot[i].count, i, slot[i].tid, i,
 				      (unsigned long long)slot[i].bad);
 		pthread_mutex_unlock(&mu);
-		write_state(argv[1], buf, n);
+		put_state(argv[1], buf);
 		nap_ms(5);
 	}
 }

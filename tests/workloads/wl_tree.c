@@ -10,7 +10,7 @@
  *         +- J  setpgid(0, H): joins H's group (neither its own nor its parent's)
  *
  * Every live process, every 3 ms, increments its counter and rewrites DIR/state.ROLE
- * (tmp + rename) with  boot= counter= role= pid= ppid= pgid= sid=  as it sees them itself
+ * (in place, see put_state) with  boot= counter= role= pid= ppid= pgid= sid=  as it sees them itself
  * (inside the pid namespace).  R also writes zpid= and reaped=0|1.  When DIR/trigger exists,
  * R calls waitpid(zpid) once and writes DIR/reaped:  ret= status= exited= code= .
  */
@@ -45,6 +45,32 @@ static void write_file(const char *name, const char *buf, int n)
 		close(fd);
 }
 
+/* The state file is opened once and rewritten in place with pwrite: 4096 bytes, "seq=K" first
+ * and "end=K" last, padded with newlines; a reader that sees seq != end caught it mid-write and
+ * reads again.  It is never renamed or removed, so an image holding it open restores even
+ * after the program ran on (a tmp+rename scheme would leave the image a vanished path). */
+static int state_fd = -1;
+static unsigned long long state_seq;
+
+static void put_state(const char *path, const char *body)
+{
+	char buf[4096];
+	int n;
+
+	if (state_fd < 0)
+		state_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (state_fd < 0)
+		return;
+	state_seq++;
+	memset(buf, '\n', sizeof buf);
+	n = snprintf(buf, sizeof buf, "seq=%llu\n%send=%llu\n", state_seq, body, state_seq);
+	if (n <= 0 || n >= (int)sizeof buf)
+		return;
+	buf[n] = '\n';
+	if (pwrite(state_fd, buf, sizeof buf, 0) < 0)
+		return;			/* nothing better to do: the reader waits for the next */
+}
+
 static void nap_ms(long ms)
 {
 	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
@@ -63,13 +89,13 @@ static int exists(const char *name)
 static void loop(const char *role, pid_t zpid)
 {
 	uint64_t boot = 0, counter = 0;
-	char name[64], buf[1024];
+	char name[4200], buf[1024];
 	int n, reaped = 0, st = 0;
 	pid_t ret;
 
 	if (getrandom(&boot, sizeof boot, 0) != sizeof boot)
 		_exit(3);
-	snprintf(name, sizeof name, "state.%s", role);
+	snprintf(name, sizeof name, "%s/state.%s", dir, role);
 	for (;;) {
 		counter++;
 		if (zpid > 0 && !reaped && exists("trigger")) {
@@ -87,7 +113,7 @@ static void loop(const char *role, pid_t zpid)
 		if (zpid > 0)
 			n += snprintf(buf + n, sizeof buf - n, "zpid=%d\nreaped=%d\n", (int)zpid,
 				      reaped);
-		write_file(name, buf, n);
+		put_state(name, buf);
 		nap_ms(3);
 	}
 }
