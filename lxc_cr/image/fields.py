@@ -204,9 +204,14 @@ def describe(n: Node, prefix: str = "") -> list[tuple[str, str, int | None]]:
 
 # --- samples ------------------------------------------------------------------------------
 
+_BLOCKREF_FIELDS = ["offset", "length", "stored", "codec", "crc32"]
+
+
 def sample(n: Node, seed: int = 1):
     """A deterministic, valid example value for the node (varies with ``seed``)."""
     k = n.kind
+    if k == "struct" and [name for name, _f in n.fields] == _BLOCKREF_FIELDS:
+        return dict.fromkeys(_BLOCKREF_FIELDS, 0)     # the empty block: valid in any image
     if k == "struct":
         return {name: sample(f, seed + i) for i, (name, f) in enumerate(n.fields)
                 if f.kind != "const"}

@@ -346,6 +346,8 @@ class ImageReader:
 
     def _check_ref(self, ref) -> None:
         off, length, stored, codec = ref["offset"], ref["length"], ref["stored"], ref["codec"]
+        if not (off or length or stored or codec or ref["crc32"]):
+            return                  # the all-zero reference: an empty block, no bytes
         if codec not in F.CODECS:
             raise self.error(f"unknown block codec {codec}", off, "block")
         if off % F.BLOCK_ALIGN or off < F.HEADER_SIZE or off + stored > self.index_offset:

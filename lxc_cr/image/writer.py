@@ -228,6 +228,8 @@ class ImageWriter:
 
     def copy_block(self, src_fd: int, ref) -> dict:
         """Copy a block's stored bytes from another image as they are (same codec, crc)."""
+        if not any(ref[k] for k in ("offset", "length", "stored", "codec", "crc32")):
+            return dict(offset=0, length=0, stored=0, codec=0, crc32=0)    # the empty block
         stored = ref["stored"]
         off = self.reserve_block(stored)
         src, dst, left = ref["offset"], off, stored
