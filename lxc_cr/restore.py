@@ -214,10 +214,6 @@ class _Init:
 def _start_init(ctx: RestoreCtx):
     """Fork the init of a fresh pid namespace; it sets up the other namespaces and blocks."""
     from lxc_cr.resources import namespaces
-    ns_recs = ctx.records["ns"]
-    uts = (ctx.records["uts"] or [None])[0]
-    links = ctx.records["net_link"]
-    mnt_own = any(str(r.kind) == "mnt" and r.own for r in ns_recs)
     ksys.unshare(ksys.CLONE_NEWPID)
     go_r, go_w = os.pipe()
     ready_r, ready_w = os.pipe()
@@ -228,7 +224,7 @@ def _start_init(ctx: RestoreCtx):
         try:
             os.close(go_w)
             os.close(ready_r)
-            namespaces.setup_in_child(ns_recs, uts, links, mount_proc=mnt_own)
+            namespaces.setup_in_child(ctx.records, ctx.reader)
             os.write(ready_w, b"ok")
         except BaseException as e:                     # report and leave
             try:
