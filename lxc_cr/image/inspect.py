@@ -26,6 +26,17 @@ _HEX = re.compile(r"addr|flags|mask|^start|^end|_start$|_end$|brk|^vaddr$|^handl
                   r"clear_tid|^ss_sp$|^offset$|crc32|^pgoff$|^fs_base$|^gs_base$")
 
 
+# namespace records listed in the summary: record kind -> (namespace, list name)
+_NS_LISTS = {
+    "net_link_conf": ("net", "link_conf"), "net_addr": ("net", "addresses"),
+    "net_route": ("net", "routes"), "net_rule": ("net", "rules"),
+    "net_sysctl": ("net", "sysctls"), "net_nftables": ("net", "nftables"),
+    "mount": ("mnt", "mounts"), "mqueue": ("ipc", "mqueues"),
+    "ipc_sysctl": ("ipc", "sysctls"), "cgroup_task": ("cgroup", "tasks"),
+    "cgroup_limit": ("cgroup", "limits"), "timens": ("time", "offsets"),
+}
+
+
 def _kind_key(tag: int) -> str:
     k = K.by_tag(tag)
     return k.name if k else f"tag_{tag:#06x}"
@@ -71,6 +82,10 @@ def summarize(r: ImageReader) -> dict:
             ns["uts"].update(hostname=obj.hostname, domainname=obj.domainname)
         elif name == "net_link":
             ns["net"]["links"].append(FL.to_json(FL.node(kind.struct), obj))
+        elif name in _NS_LISTS:
+            kind_ns, key = _NS_LISTS[name]
+            d = ns.setdefault(kind_ns, dict(own=None, ino=None))
+            d.setdefault(key, []).append(FL.to_json(FL.node(kind.struct), obj))
         elif name == "task":
             tasks[obj.pid] = dict(pid=obj.pid, ppid=obj.ppid, pgid=obj.pgid, sid=obj.sid,
                                   comm=obj.comm, state=obj.state, nspids=list(obj.nspids),
@@ -194,6 +209,22 @@ def _human(s: dict, out) -> None:
             for ln in d["links"]:
                 w(f"    {ln['index']:>3} {ln['name']:<12} {ln['kind']:<9} flags {ln['flags']:#x}"
                   f" mtu {ln['mtu']} {ln['address']}\n")
+            for a in d.get("addresses", ()):
+                w(f"        addr {a['local'] or a['address']}/{a['prefixlen']} on {a['index']}\n")
+            for r in d.get("routes", ()):
+                w(f"        route {r['dst'] or 'default'}/{r['dst_len']} table {r['table']}"
+                  f"{' via ' + r['gateway'] if r['gateway'] else ''} oif {r['oif']}\n")
+            if d.get("rules") or d.get("sysctls") or d.get("nftables"):
+                w(f"        {len(d.get('rules', ()))} rules, {len(d.get('sysctls', ()))} "
+                  f"sysctls changed, nftables {'yes' if d.get('nftables') else 'no'}\n")
+        elif kind == "mnt":
+            for m in d.get("mounts", ()):
+                if m["how"] != "host":
+                    w(f"    {m['how']:<6} {m['mount_point']} {m['fstype']} {m['source']} "
+                      f"{m['super_options']}\n")
+        elif kind == "ipc":
+            for q in d.get("mqueues", ()):
+                w(f"    mqueue /{q['name']} mode {q['mode']:#o} {len(q['messages'])} messages\n")
     w("\nprocesses\n")
     w(f"  {'PID':>7} {'PPID':>7} {'PGID':>7} {'SID':>7} {'THR':>4} {'VMAS':>5} "
       f"{'PAGES':>9} {'FDS':>4} S COMMAND\n")

@@ -1,23 +1,28 @@
-"""Namespaces of the tree: which kinds it owns, and their state that this engine restores.
+"""Namespaces of the tree: which kinds it owns, and the state of each that lxc-cr restores.
 
 ``/proc/PID/ns/KIND`` links (``net:[4026531840]``) tell each namespace; a kind whose inode
-differs from the dumper's is the tree's own and is recreated fresh on restore.  UTS: the
-``struct utsname`` fields nodename and domainname (uname(2) injected into the root).  Net:
-the links of the namespace (name, IFF_* flags, MTU, MAC) read with pyroute2; this engine
-restores the loopback device's up state; veths and addresses belong to the net module.
+differs from the dumper's is the tree's own and is recreated fresh on restore.  Each kind
+has its module: UTS here (``struct utsname`` nodename and domainname, uname(2) injected
+into the root), net in ns_net, mount in ns_mnt, POSIX message queues in ns_ipc, cgroup
+membership in ns_cgroup.  The pid namespace is made by the restorer (restore._start_init).
+
+Restore: ``setup_in_child()`` runs in the restored init before takeover (restorer code, in
+the new pid namespace): it unshares the other kinds and rebuilds each one in place, in the
+order uts, ipc, mnt, net.  ``setup_existing()`` does the same inside namespaces a container
+manager made, from a helper that setns()'s into them.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 
-from lxc_cr.errors import RestoreFailed, Unsupported
+from lxc_cr.errors import OperationFailed, RestoreFailed, Unsupported
 from lxc_cr.kernel import sys as ksys
-from lxc_cr.resources.ns_records import NETLINK, NS, UTS
+from lxc_cr.resources.ns_records import NS, UTS
 
 KINDS = ("pid", "uts", "ipc", "net", "mnt", "cgroup", "time", "user")
-IFF_UP = 1
 _UTSNAME = 65
 
 
@@ -35,18 +40,27 @@ def own_kinds(proc, host_pid: int) -> dict[str, tuple[int, bool]]:
 
 
 def check(proc, root) -> list[Unsupported]:
+    from lxc_cr.resources import ns_ipc, ns_mnt, ns_net
     out = []
     kinds = own_kinds(proc, root.host_pid)
-    if kinds.get("user", (0, False))[1]:
+    own = {k for k, (_i, o) in kinds.items() if o}
+    if "user" in own:
         out.append(Unsupported(root.host_pid, root.stat.comm, "user namespace",
                                reason="not supported yet"))
-    if kinds.get("time", (0, False))[1]:
+    if "time" in own:
         out.append(Unsupported(root.host_pid, root.stat.comm, "time namespace",
-                               reason="not supported yet"))
+                               reason="not supported yet (clock offsets are not recorded)"))
+    if "mnt" in own:
+        out += ns_mnt.check(proc, root)
+    if "net" in own:
+        out += ns_net.check(root, f"/proc/{root.host_pid}/ns/net")
+    if "ipc" in own:
+        out += ns_ipc.check(root, run_in)
     return out
 
 
 def dump(ctx, root, remote) -> None:
+    from lxc_cr.resources import ns_ipc, ns_mnt, ns_net
     kinds = own_kinds(ctx.proc, root.host_pid)
     for kind, (ino, own) in kinds.items():
         ctx.writer.add(NS, dict(kind=kind, ino=ino, own=own or kind == "pid"))
@@ -55,25 +69,13 @@ def dump(ctx, root, remote) -> None:
     raw = remote.read(buf, _UTSNAME * 6)
     field = lambda i: raw[i * _UTSNAME:(i + 1) * _UTSNAME].split(b"\0", 1)[0].decode()
     ctx.writer.add(UTS, dict(hostname=field(1), domainname=field(5)))
-    if kinds.get("net", (0, False))[1]:
-        for link in net_links(f"/proc/{root.host_pid}/ns/net"):
-            ctx.writer.add(NETLINK, link)
-
-
-def net_links(nspath: str) -> list[dict]:
-    from pyroute2 import IPRoute
-    out = []
-    with IPRoute(netns=nspath, flags=0) as ipr:
-        for msg in ipr.get_links():
-            linkinfo = msg.get_attr("IFLA_LINKINFO")
-            kind = linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo else None
-            name = msg.get_attr("IFLA_IFNAME")
-            if kind is None:
-                kind = "loopback" if name == "lo" else "unknown"
-            out.append(dict(index=msg["index"], name=name, kind=kind, flags=msg["flags"],
-                            mtu=msg.get_attr("IFLA_MTU") or 0,
-                            address=msg.get_attr("IFLA_ADDRESS") or ""))
-    return out
+    own = {k for k, (_i, o) in kinds.items() if o}
+    if "net" in own:
+        ns_net.dump(ctx, root, run_in)
+    if "mnt" in own:
+        ns_mnt.dump(ctx, root)
+    if "ipc" in own:
+        ns_ipc.dump(ctx, root, run_in)
 
 
 def unshare_flags(ns_recs) -> int:
@@ -85,29 +87,94 @@ def unshare_flags(ns_recs) -> int:
     return flags
 
 
-def setup_in_child(ns_recs, uts, links, mount_proc: bool) -> None:
+def own_set(records) -> set[str]:
+    return {str(r.kind) for r in records.get("ns", ()) if r.own}
+
+
+def setup_in_child(records, reader) -> None:
     """Run in the restored init before takeover (still restorer code, in the new pid ns):
-    unshare the other kinds, set the UTS names, bring up loopback, mount a fresh /proc."""
-    ksys.unshare(unshare_flags(ns_recs))
-    own = {str(r.kind) for r in ns_recs if r.own}
+    unshare the other kinds the tree owned and rebuild each in place."""
+    ksys.unshare(unshare_flags(records.get("ns", ())))
+    rebuild(records, reader, own_set(records), fresh_proc=True)
+
+
+def rebuild(records, reader, own: set[str], fresh_proc: bool) -> None:
+    """Rebuild the recorded state of the kinds in ``own`` in the calling process's
+    namespaces (each freshly created, or a manager's)."""
+    from lxc_cr.resources import ns_ipc, ns_mnt, ns_net
+    uts = (records.get("uts") or [None])[0]
     if uts is not None and "uts" in own:
         socket.sethostname(uts.hostname)
         name = uts.domainname.encode()
         ksys.syscall("setdomainname", name, len(name))
+    if "ipc" in own:
+        ns_ipc.restore(records)
     if "mnt" in own:
-        _mount(b"none", b"/", None, 0x4000 | 0x40000)          # MS_REC | MS_PRIVATE
-        if mount_proc:
-            _mount(b"proc", b"/proc", b"proc", 0x2 | 0x8 | 0x4)  # nosuid nodev noexec
+        ns_mnt.restore(records, reader, fresh_proc=fresh_proc)
     if "net" in own:
-        lo_up = any(link.name == "lo" and link.flags & IFF_UP for link in links)
-        if lo_up:
-            from pyroute2 import IPRoute
-            with IPRoute() as ipr:
-                idx = ipr.link_lookup(ifname="lo")
-                if not idx:
-                    raise RestoreFailed("no loopback device in the new net namespace")
-                ipr.link("set", index=idx[0], state="up")
+        ns_net.restore(records)
 
 
-def _mount(src, target, fstype, flags) -> None:
-    ksys.syscall("mount", src, target, fstype, flags, None)
+def setup_existing(pid: int, records, reader, kinds: set[str]) -> None:
+    """Rebuild the recorded state inside the namespaces of ``pid`` (a manager's container
+    init): a helper setns()'s into them and runs ``rebuild``; existing net devices are
+    reconciled, not recreated."""
+    order = [k for k in ("ipc", "uts", "net", "mnt") if k in kinds]
+    run_in(pid, tuple(order), rebuild, records, reader, set(kinds), False)
+
+
+# --- a helper process inside a tree's namespaces ------------------------------------------
+
+def run_in(pid: int, kinds: tuple, fn, *args):
+    """Fork a helper that setns()'s into ``kinds`` of pid's namespaces (mnt last), runs
+    ``fn(*args)`` and sends back its (picklable) result; its exceptions come back as
+    OperationFailed naming the namespace."""
+    fds = []
+    try:
+        for k in kinds:
+            fds.append((k, os.open(f"/proc/{pid}/ns/{k}", os.O_RDONLY | os.O_CLOEXEC)))
+    except OSError as e:
+        for _k, fd in fds:
+            os.close(fd)
+        raise OperationFailed(f"pid {pid}: cannot open its namespace: {e.strerror}") from None
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:                                     # the helper
+        try:
+            os.close(r)
+            for k, fd in fds:
+                ksys.setns(fd, ksys.NS_FLAGS[k])
+            res = (True, fn(*args))
+        except BaseException as e:                     # noqa: BLE001 - sent to the parent
+            res = (False, f"{type(e).__name__}: {e}")
+        try:
+            data = pickle.dumps(res)
+        except Exception as e:                         # noqa: BLE001
+            data = pickle.dumps((False, f"result not picklable: {e}"))
+        view = memoryview(data)
+        while view:
+            view = view[os.write(w, view):]
+        os._exit(0)
+    os.close(w)
+    for _k, fd in fds:
+        os.close(fd)
+    chunks = []
+    while True:
+        b = os.read(r, 1 << 20)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(r)
+    ksys.waitpid(child)
+    what = f"{getattr(fn, '__name__', 'helper')} in the {'/'.join(kinds) or 'new'} " \
+           f"namespace of pid {pid}"
+    if not chunks:
+        raise OperationFailed(f"{what}: the helper died")
+    ok, val = pickle.loads(b"".join(chunks))
+    if not ok:
+        raise OperationFailed(f"{what}: {val}")
+    return val
+
+
+__all__ = ["check", "dump", "setup_in_child", "setup_existing", "rebuild", "run_in",
+           "own_kinds", "unshare_flags", "RestoreFailed"]

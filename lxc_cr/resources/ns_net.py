@@ -1,0 +1,589 @@
+"""Network namespace: devices, addresses, routes, rules, net sysctls and the nftables ruleset.
+
+Everything is read and written through rtnetlink with pyroute2 (no ``ip`` subprocess)::
+
+    struct ifinfomsg { u8 family; u16 type; s32 index; u32 flags; u32 change; }   RTM_*LINK
+    struct ifaddrmsg { u8 family, prefixlen, flags, scope; u32 index; }          RTM_*ADDR
+    struct rtmsg     { u8 family, dst_len, src_len, tos, table, protocol, scope, type;
+                       u32 flags; }                                             RTM_*ROUTE
+    struct fib_rule_hdr { u8 family, dst_len, src_len, tos, table, res1, res2, action;
+                          u32 flags; }                                          RTM_*RULE
+
+Devices kept: loopback, veth (both ends inside the namespace: recreated as a pair, same
+ifindexes), bridge (ports re-enslaved), macvlan on a device of the namespace.  A device that
+already exists under the recorded name on restore (loopback always; a veth a container
+manager moved in) is reconciled, not recreated: ``reconcile()``.  Fallback tunnel devices a
+loaded module puts in every namespace (sit0, tunl0, ...) are reconciled the same way.
+
+Net sysctls (``/proc/sys/net/{ipv4,ipv6,core,unix}``, top level and ``conf/*/``) are read
+from a helper that setns()'s into the namespace, compared with a freshly created namespace,
+and only differing values recorded.  nftables: ``nft -j list ruleset`` run inside the
+namespace, restored with ``nft -j -f -``.  There is no iptables binary on these machines:
+iptables-nft rules appear in the nft ruleset; legacy xtables rules are not recorded.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import subprocess
+
+import construct as cs
+
+from lxc_cr.errors import OperationFailed, RestoreFailed, Unsupported
+from lxc_cr.image.kinds import record_kind
+from lxc_cr.resources.records_common import Str
+
+AF_INET, AF_INET6 = socket.AF_INET, socket.AF_INET6
+IFF_UP, IFF_NOARP, IFF_PROMISC, IFF_ALLMULTI, IFF_MULTICAST = 0x1, 0x80, 0x100, 0x200, 0x1000
+IFF_SETTABLE = IFF_NOARP | IFF_PROMISC | IFF_ALLMULTI | IFF_MULTICAST
+IFA_F_NODAD, IFA_F_PERMANENT = 0x02, 0x80
+RTPROT_KERNEL, RTPROT_RA = 2, 9
+RTM_F_CLONED = 0x200
+RT_TABLE_LOCAL = 255
+KINDS = ("loopback", "veth", "bridge", "macvlan")
+# created by a loaded tunnel module in every new namespace: reconciled, never created
+FALLBACK = {"sit0", "tunl0", "ip6tnl0", "gre0", "gretap0", "erspan0", "ip6gre0",
+            "ip6_vti0", "ip_vti0", "ip6gretap0"}
+SYSCTL_DIRS = ("ipv4", "ipv6", "core", "unix")
+# values the kernel derives from something else we restore, or that cannot be written
+SYSCTL_SKIP = ("stable_secret", "/mtu", "base_reachable_time", "retrans_time")
+NFT = "nft"
+
+NET_LINK_CONF = record_kind(0x0411, "net_link_conf", cs.Struct(
+    "index" / cs.Int32ul,        # of the net_link record it completes
+    "peer" / cs.Int32ul,         # IFLA_LINK: veth peer / macvlan lower ifindex, 0 none
+    "peer_outside" / cs.Flag,    # IFLA_LINK_NETNSID set: peer/lower in another namespace
+    "master" / cs.Int32ul,       # IFLA_MASTER (bridge), 0 none
+    "txqlen" / cs.Int32ul,
+    "macvlan_mode" / cs.Int32ul,  # IFLA_MACVLAN_MODE, 0 unless macvlan
+), doc="net_link details needed to recreate the device")
+
+NET_ADDR = record_kind(0x0412, "net_addr", cs.Struct(
+    "index" / cs.Int32ul,
+    "family" / cs.Int8ul,        # AF_INET 2, AF_INET6 10
+    "address" / Str,             # IFA_ADDRESS
+    "local" / Str,               # IFA_LOCAL ("" if absent)
+    "prefixlen" / cs.Int8ul,
+    "broadcast" / Str,
+    "label" / Str,
+    "scope" / cs.Int8ul,
+    "flags" / cs.Int32ul,        # IFA_FLAGS (IFA_F_NODAD 0x2, IFA_F_PERMANENT 0x80, ...)
+), doc="an address of a device in the tree's net namespace")
+
+NET_ROUTE = record_kind(0x0413, "net_route", cs.Struct(
+    "family" / cs.Int8ul,
+    "table" / cs.Int32ul,        # RTA_TABLE
+    "dst" / Str,
+    "dst_len" / cs.Int8ul,
+    "src" / Str,
+    "src_len" / cs.Int8ul,
+    "tos" / cs.Int8ul,
+    "proto" / cs.Int8ul,
+    "scope" / cs.Int8ul,
+    "type" / cs.Int8ul,
+    "flags" / cs.Int32ul,
+    "oif" / cs.Int32ul,
+    "gateway" / Str,
+    "prefsrc" / Str,
+    "priority" / cs.Int32ul,
+    "metrics" / cs.PrefixedArray(cs.VarInt, cs.Struct("name" / Str, "value" / cs.Int32ul)),
+    "multipath" / cs.PrefixedArray(cs.VarInt, cs.Struct(
+        "oif" / cs.Int32ul, "gateway" / Str, "hops" / cs.Int8ul, "flags" / cs.Int8ul)),
+), doc="a route of any table but the kernel's own (proto kernel, ra, cloned)")
+
+NET_RULE = record_kind(0x0414, "net_rule", cs.Struct(
+    "family" / cs.Int8ul,
+    "priority" / cs.Int32ul,
+    "table" / cs.Int32ul,
+    "action" / cs.Int8ul,
+    "src" / Str,
+    "src_len" / cs.Int8ul,
+    "dst" / Str,
+    "dst_len" / cs.Int8ul,
+    "tos" / cs.Int8ul,
+    "flags" / cs.Int32ul,
+    "iifname" / Str,
+    "oifname" / Str,
+    "fwmark" / cs.Int32ul,
+    "fwmask" / cs.Int32ul,
+    "goto" / cs.Int32ul,
+    "suppress_prefixlen" / cs.Int32ul,  # FRA_SUPPRESS_PREFIXLEN, 0xffffffff: unset
+), doc="a policy routing rule other than the three every namespace starts with")
+
+NET_SYSCTL = record_kind(0x0415, "net_sysctl", cs.Struct(
+    "key" / Str,                 # path under /proc/sys/net, e.g. "ipv4/ip_forward"
+    "value" / Str,
+), doc="a net sysctl whose value differs from a fresh namespace's")
+
+NET_NFT = record_kind(0x0416, "net_nftables", cs.Struct(
+    "ruleset" / Str,             # `nft -j list ruleset` output
+), doc="the nftables ruleset of the namespace (absent when empty)")
+
+
+# --- reading ----------------------------------------------------------------------------
+
+def _ipr(nspath: str | None):
+    from pyroute2 import IPRoute
+    return IPRoute(netns=nspath, flags=0) if nspath else IPRoute()
+
+
+def _kind(msg) -> str:
+    info = msg.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info else None
+    if kind is None:
+        return "loopback" if msg.get_attr("IFLA_IFNAME") == "lo" else "unknown"
+    return kind
+
+
+def read_links(ipr) -> list[tuple[dict, dict]]:
+    """(net_link, net_link_conf) for every device."""
+    out = []
+    for msg in ipr.get_links():
+        kind = _kind(msg)
+        mode = 0
+        info = msg.get_attr("IFLA_LINKINFO")
+        if kind == "macvlan" and info is not None:
+            data = info.get_attr("IFLA_INFO_DATA")
+            m = data.get_attr("IFLA_MACVLAN_MODE") if data else None
+            mode = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8, "source": 16}.get(
+                m, m if isinstance(m, int) else 0)
+        link = dict(index=msg["index"], name=msg.get_attr("IFLA_IFNAME"), kind=kind,
+                    flags=msg["flags"], mtu=msg.get_attr("IFLA_MTU") or 0,
+                    address=msg.get_attr("IFLA_ADDRESS") or "")
+        conf = dict(index=msg["index"], peer=msg.get_attr("IFLA_LINK") or 0,
+                    peer_outside=msg.get_attr("IFLA_LINK_NETNSID") is not None,
+                    master=msg.get_attr("IFLA_MASTER") or 0,
+                    txqlen=msg.get_attr("IFLA_TXQLEN") or 0, macvlan_mode=mode)
+        if conf["peer"] == msg["index"]:
+            conf["peer"] = 0
+        out.append((link, conf))
+    return out
+
+
+def read_addrs(ipr) -> list[dict]:
+    out = []
+    for a in ipr.get_addr():
+        flags = a.get_attr("IFA_FLAGS")
+        flags = a["flags"] if flags is None else flags
+        out.append(dict(index=a["index"], family=a["family"],
+                        address=a.get_attr("IFA_ADDRESS") or "",
+                        local=a.get_attr("IFA_LOCAL") or "", prefixlen=a["prefixlen"],
+                        broadcast=a.get_attr("IFA_BROADCAST") or "",
+                        label=a.get_attr("IFA_LABEL") or "", scope=a["scope"], flags=flags))
+    return out
+
+
+def read_routes(ipr) -> list[dict]:
+    out = []
+    for fam in (AF_INET, AF_INET6):
+        for r in ipr.get_routes(family=fam):
+            if r["proto"] in (RTPROT_KERNEL, RTPROT_RA) or r["flags"] & RTM_F_CLONED:
+                continue
+            table = r.get_attr("RTA_TABLE") or r["table"]
+            metrics = []
+            mx = r.get_attr("RTA_METRICS")
+            if mx is not None:
+                metrics = [dict(name=k, value=int(v)) for k, v in mx["attrs"]
+                           if isinstance(v, int)]
+            paths = []
+            for nh in r.get_attr("RTA_MULTIPATH") or ():
+                paths.append(dict(oif=nh["oif"], gateway=nh.get_attr("RTA_GATEWAY") or "",
+                                  hops=nh["hops"], flags=nh["flags"]))
+            out.append(dict(family=fam, table=table, dst=r.get_attr("RTA_DST") or "",
+                            dst_len=r["dst_len"], src=r.get_attr("RTA_SRC") or "",
+                            src_len=r["src_len"], tos=r["tos"], proto=r["proto"],
+                            scope=r["scope"], type=r["type"], flags=r["flags"],
+                            oif=r.get_attr("RTA_OIF") or 0,
+                            gateway=r.get_attr("RTA_GATEWAY") or "",
+                            prefsrc=r.get_attr("RTA_PREFSRC") or "",
+                            priority=r.get_attr("RTA_PRIORITY") or 0,
+                            metrics=metrics, multipath=paths))
+    return out
+
+
+_DEFAULT_RULES = {(AF_INET, 0, 255), (AF_INET, 32766, 254), (AF_INET, 32767, 253),
+                  (AF_INET6, 0, 255), (AF_INET6, 32766, 254)}
+
+
+def read_rules(ipr) -> list[dict]:
+    out = []
+    for fam in (AF_INET, AF_INET6):
+        for r in ipr.get_rules(family=fam):
+            table = r.get_attr("FRA_TABLE") or r["table"]
+            prio = r.get_attr("FRA_PRIORITY") or 0
+            plain = not (r["src_len"] or r["dst_len"] or r.get_attr("FRA_IIFNAME")
+                         or r.get_attr("FRA_OIFNAME") or r.get_attr("FRA_FWMARK"))
+            if plain and (fam, prio, table) in _DEFAULT_RULES:
+                continue
+            sp = r.get_attr("FRA_SUPPRESS_PREFIXLEN")
+            out.append(dict(family=fam, priority=prio, table=table, action=r["action"],
+                            src=r.get_attr("FRA_SRC") or "", src_len=r["src_len"],
+                            dst=r.get_attr("FRA_DST") or "", dst_len=r["dst_len"],
+                            tos=r["tos"], flags=r["flags"],
+                            iifname=r.get_attr("FRA_IIFNAME") or "",
+                            oifname=r.get_attr("FRA_OIFNAME") or "",
+                            fwmark=r.get_attr("FRA_FWMARK") or 0,
+                            fwmask=r.get_attr("FRA_FWMASK") or 0,
+                            goto=r.get_attr("FRA_GOTO") or 0,
+                            suppress_prefixlen=0xFFFFFFFF if sp is None else sp))
+    return out
+
+
+def read_sysctls(devices: list[str]) -> dict[str, str]:
+    """Readable net sysctls of the calling process's namespace (top level and conf/*/);
+    per-device keys are named conf/DEV/... for DEV in ``devices`` plus all and default."""
+    out = {}
+    base = "/proc/sys/net"
+    for d in SYSCTL_DIRS:
+        top = os.path.join(base, d)
+        if not os.path.isdir(top):
+            continue
+        for name in os.listdir(top):
+            _read_sysctl(out, f"{d}/{name}")
+        conf = os.path.join(top, "conf")
+        if os.path.isdir(conf):
+            for dev in os.listdir(conf):
+                if dev not in ("all", "default", *devices):
+                    continue
+                for name in os.listdir(os.path.join(conf, dev)):
+                    _read_sysctl(out, f"{d}/conf/{dev}/{name}")
+    return out
+
+
+def _read_sysctl(out: dict, key: str) -> None:
+    path = f"/proc/sys/net/{key}"
+    if os.path.isdir(path) or any(s in "/" + key for s in SYSCTL_SKIP):
+        return
+    try:
+        with open(path) as f:
+            out[key] = f.read().rstrip("\n")
+    except OSError:
+        pass
+
+
+def _fresh_sysctls(devices) -> dict[str, str]:
+    from lxc_cr.kernel import sys as ksys
+    ksys.unshare(ksys.CLONE_NEWNET)
+    return read_sysctls(devices)
+
+
+def sysctl_diff(ours: dict[str, str], fresh: dict[str, str]) -> list[dict]:
+    """Keys whose value differs from a fresh namespace's; a device's conf keys compare
+    with the fresh namespace's conf/default."""
+    out = []
+    for key, value in sorted(ours.items(), key=lambda kv: _sysctl_order(kv[0])):
+        ref = fresh.get(key)
+        parts = key.split("/")
+        if ref is None and len(parts) == 4 and parts[1] == "conf":
+            ref = fresh.get(f"{parts[0]}/conf/default/{parts[3]}")
+        if ref is None or ref != value:
+            out.append(dict(key=key, value=value))
+    return out
+
+
+def _sysctl_order(key: str) -> tuple:
+    """Global keys first (ip_forward resets every conf/*/forwarding), then all, default,
+    then devices."""
+    parts = key.split("/")
+    if len(parts) < 4:
+        return (0, key)
+    return ({"all": 1, "default": 2}.get(parts[2], 3), key)
+
+
+def read_nft() -> str:
+    """``nft -j list ruleset`` in the calling process's namespace; "" when empty."""
+    try:
+        r = subprocess.run([NFT, "-j", "list", "ruleset"], stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        return ""
+    if r.returncode != 0:
+        raise OperationFailed(f"nft -j list ruleset: {r.stderr.strip()[:200]}")
+    doc = json.loads(r.stdout or "{}")
+    items = [x for x in doc.get("nftables", []) if "metainfo" not in x]
+    return json.dumps(doc, separators=(",", ":")) if items else ""
+
+
+# --- check and dump ----------------------------------------------------------------------
+
+def check(root, nspath: str) -> list[Unsupported]:
+    out = []
+    with _ipr(nspath) as ipr:
+        links = read_links(ipr)
+    names = {ln["index"]: ln["name"] for ln, _c in links}
+    for ln, conf in links:
+        if ln["kind"] in KINDS or ln["name"] in FALLBACK:
+            if ln["kind"] == "macvlan" and (conf["peer_outside"] or conf["peer"] not in names):
+                out.append(Unsupported(root.host_pid, root.stat.comm, "macvlan",
+                                       where=f"net device {ln['name']}",
+                                       reason="lower device outside the namespace: "
+                                              "not supported"))
+            continue
+        out.append(Unsupported(root.host_pid, root.stat.comm, f"{ln['kind']} device",
+                               where=f"net device {ln['name']}"))
+    return out
+
+
+def dump(ctx, root, run_in) -> None:
+    nspath = f"/proc/{root.host_pid}/ns/net"
+    with _ipr(nspath) as ipr:
+        links = read_links(ipr)
+        addrs = read_addrs(ipr)
+        routes = read_routes(ipr)
+        rules = read_rules(ipr)
+    w = ctx.writer
+    from lxc_cr.resources.ns_records import NETLINK
+    for ln, _conf in links:
+        w.add(NETLINK, ln)
+    for _ln, conf in links:
+        w.add(NET_LINK_CONF, conf)
+    for a in addrs:
+        w.add(NET_ADDR, a)
+    for r in routes:
+        w.add(NET_ROUTE, r)
+    for r in rules:
+        w.add(NET_RULE, r)
+    devices = [ln["name"] for ln, _c in links]
+    ours = run_in(root.host_pid, ("net",), read_sysctls, devices)
+    fresh = run_in(os.getpid(), (), _fresh_sysctls, devices)
+    for s in sysctl_diff(ours, fresh):
+        w.add(NET_SYSCTL, s)
+    ruleset = run_in(root.host_pid, ("net",), read_nft)
+    if ruleset:
+        w.add(NET_NFT, dict(ruleset=ruleset))
+
+
+# --- restore (in the target namespace: the restored init before takeover, or a helper) ----
+
+def restore(records) -> None:
+    """Rebuild the recorded network state in the calling process's net namespace."""
+    from pyroute2 import IPRoute
+    links = {ln.index: ln for ln in records.get("net_link", ())}
+    confs = {c.index: c for c in records.get("net_link_conf", ())}
+    sysctls = list(records.get("net_sysctl", ()))
+    _write_sysctls([s for s in sysctls if _sysctl_order(s.key)[0] < 3])
+    with IPRoute() as ipr:
+        idx = _links(ipr, links, confs)
+        for a in records.get("net_addr", ()):
+            _add_addr(ipr, a, idx, links.get(a.index))
+        for index, ln in links.items():
+            want = ln.flags & IFF_UP
+            if want:
+                ipr.link("set", index=idx[index], state="up")
+        _write_sysctls([s for s in sysctls if _sysctl_order(s.key)[0] == 3])
+        _routes(ipr, list(records.get("net_route", ())), idx)
+        for r in records.get("net_rule", ()):
+            _add_rule(ipr, r)
+    for n in records.get("net_nftables", ()):
+        load_nft(n.ruleset)
+
+
+def _links(ipr, links: dict, confs: dict) -> dict[int, int]:
+    """Create or reconcile every device; returns recorded ifindex -> actual ifindex."""
+    idx: dict[int, int] = {}
+    existing = {m.get_attr("IFLA_IFNAME"): m["index"] for m in ipr.get_links()}
+    order = sorted(links.values(), key=lambda ln: (ln.kind == "macvlan", ln.index))
+    for ln in order:
+        conf = confs.get(ln.index)
+        if ln.name in existing:
+            idx[ln.index] = existing[ln.name]
+            continue
+        if ln.index in idx:
+            continue                         # created as the peer of a veth
+        kind = str(ln.kind)
+        if kind == "veth":
+            if conf is None or conf.peer_outside or conf.peer not in links:
+                raise RestoreFailed(f"net device {ln.name}: veth whose peer is outside the "
+                                    "namespace, and no device of that name exists")
+            peer = links[conf.peer]
+            _add_veth(ipr, ln, peer)
+            idx[ln.index], idx[peer.index] = ln.index, peer.index
+        elif kind == "bridge":
+            ipr.link("add", ifname=ln.name, kind="bridge", index=ln.index)
+            idx[ln.index] = ln.index
+        elif kind == "macvlan":
+            lower = idx.get(conf.peer) if conf else None
+            if lower is None:
+                raise RestoreFailed(f"net device {ln.name}: macvlan lower device missing")
+            ipr.link("add", ifname=ln.name, kind="macvlan", index=ln.index, link=lower,
+                     macvlan_mode=_MACVLAN_MODES.get(conf.macvlan_mode, "vepa"))
+            idx[ln.index] = ln.index
+        else:
+            raise RestoreFailed(f"net device {ln.name}: {kind} device: not supported")
+    for ln in links.values():
+        reconcile(ipr, ln, confs.get(ln.index), idx)
+    return idx
+
+
+_MACVLAN_MODES = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}
+
+
+def _add_veth(ipr, ln, peer) -> None:
+    """A veth pair with both recorded ifindexes (the peer's ifinfomsg carries its index,
+    which ``IPRoute.link`` cannot set: the message is built with pyroute2's ifinfmsg)."""
+    from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
+    from pyroute2.netlink.rtnl import RTM_NEWLINK
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+    msg = ifinfmsg()
+    msg["index"] = ln.index
+    msg["attrs"] = [("IFLA_IFNAME", ln.name), ("IFLA_LINKINFO", {"attrs": [
+        ("IFLA_INFO_KIND", "veth"),
+        ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", {
+            "index": peer.index, "attrs": [("IFLA_IFNAME", peer.name)]})]})]})]
+    ipr.status["nlm_generator"] = False
+    ipr.nlm_request(msg, msg_type=RTM_NEWLINK,
+                    msg_flags=NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
+
+
+def reconcile(ipr, ln, conf, idx: dict[int, int]) -> None:
+    """Make the existing device ``idx[ln.index]`` match its record: MAC, MTU, txqlen, the
+    settable IFF_* flags and its bridge master (not its up state: restore() brings devices
+    up after their addresses).  Used for devices created above and for devices that were
+    already there (loopback; a veth moved in by a container manager)."""
+    index = idx[ln.index]
+    cur = ipr.link("get", index=index)[0]
+    spec = {}
+    if ln.address and ln.kind != "loopback" and cur.get_attr("IFLA_ADDRESS") != ln.address:
+        spec["address"] = ln.address
+    if ln.mtu and cur.get_attr("IFLA_MTU") != ln.mtu:
+        spec["mtu"] = ln.mtu
+    if conf is not None and conf.txqlen and cur.get_attr("IFLA_TXQLEN") != conf.txqlen:
+        spec["txqlen"] = conf.txqlen
+    if (cur["flags"] ^ ln.flags) & IFF_SETTABLE:
+        spec["flags"] = ln.flags & IFF_SETTABLE
+        spec["change"] = IFF_SETTABLE
+    if conf is not None and conf.master:
+        master = idx.get(conf.master)
+        if master is None:
+            raise RestoreFailed(f"net device {ln.name}: master {conf.master} not recorded")
+        if cur.get_attr("IFLA_MASTER") != master:
+            spec["master"] = master
+    if spec:
+        try:
+            ipr.link("set", index=index, **spec)
+        except Exception as e:
+            raise RestoreFailed(f"net device {ln.name}: set {sorted(spec)}: {e}") from None
+
+
+def kernel_made(a, link) -> bool:
+    """An address the kernel adds by itself when the device comes up: loopback's
+    127.0.0.1/8 and ::1/128, a device's EUI-64 link-local address, dynamic (SLAAC,
+    temporary) ones.  Adding them ourselves would add routes the kernel does not."""
+    if not a.flags & IFA_F_PERMANENT:
+        return True
+    addr = a.local or a.address
+    if link is not None and str(link.kind) == "loopback":
+        return (addr, a.prefixlen) in (("127.0.0.1", 8), ("::1", 128))
+    if a.family == AF_INET6 and link is not None and link.address and a.prefixlen == 64:
+        return socket.inet_pton(AF_INET6, addr) == eui64_link_local(link.address)
+    return False
+
+
+def eui64_link_local(mac: str) -> bytes:
+    """fe80::/64 address of a MAC (RFC 4291 appendix A: flip the U/L bit, insert ff:fe)."""
+    b = bytes.fromhex(mac.replace(":", ""))
+    if len(b) != 6:
+        return b""
+    return b"\xfe\x80" + b"\0" * 6 + bytes([b[0] ^ 2]) + b[1:3] + b"\xff\xfe" + b[3:]
+
+
+def _add_addr(ipr, a, idx, link=None) -> None:
+    if kernel_made(a, link):
+        return
+    spec = dict(index=idx[a.index], family=a.family, address=a.address or a.local,
+                prefixlen=a.prefixlen, scope=a.scope)
+    if a.local:
+        spec["local"] = a.local
+    if a.broadcast:
+        spec["broadcast"] = a.broadcast
+    if a.label:
+        spec["label"] = a.label
+    extra = a.flags & ~IFA_F_PERMANENT & 0xFFFF & ~0x40   # not IFA_F_TENTATIVE
+    if extra:
+        spec["flags"] = extra
+    try:
+        ipr.addr("add", **spec)
+    except Exception as e:
+        if getattr(e, "code", 0) != errno.EEXIST:
+            raise RestoreFailed(f"address {a.address}/{a.prefixlen} on device index "
+                                f"{a.index}: {e}") from None
+
+
+def _route_spec(r, idx) -> dict:
+    spec = dict(family=r.family, table=r.table, dst_len=r.dst_len, src_len=r.src_len,
+                tos=r.tos, proto=r.proto, scope=r.scope, type=r.type)
+    if r.table < 256:
+        spec["table"] = r.table
+    for k in ("dst", "src", "gateway", "prefsrc"):
+        if getattr(r, k):
+            spec[k] = getattr(r, k)
+    if r.oif:
+        spec["oif"] = idx.get(r.oif, r.oif)
+    if r.priority:
+        spec["priority"] = r.priority
+    if r.metrics:
+        spec["metrics"] = {"attrs": [(m.name, m.value) for m in r.metrics]}
+    if r.multipath:
+        spec["multipath"] = [dict(oif=idx.get(p.oif, p.oif), hops=p.hops, flags=p.flags,
+                                  **({"gateway": p.gateway} if p.gateway else {}))
+                             for p in r.multipath]
+    return spec
+
+
+def _routes(ipr, routes, idx) -> None:
+    """Add the routes; a route whose gateway needs another route comes later: repeat until
+    no progress."""
+    todo = list(routes)
+    while todo:
+        failed = []
+        for r in todo:
+            try:
+                ipr.route("add", **_route_spec(r, idx))
+            except Exception as e:
+                if getattr(e, "code", 0) == errno.EEXIST:
+                    continue
+                failed.append((r, e))
+        if len(failed) == len(todo):
+            r, e = failed[0]
+            raise RestoreFailed(f"route {r.dst or 'default'}/{r.dst_len} table {r.table}: "
+                                f"{e}")
+        todo = [r for r, _e in failed]
+
+
+def _add_rule(ipr, r) -> None:
+    spec = dict(family=r.family, priority=r.priority, table=r.table, action=r.action,
+                src_len=r.src_len, dst_len=r.dst_len, tos=r.tos, flags=r.flags)
+    for k in ("src", "dst", "iifname", "oifname", "fwmark", "fwmask", "goto"):
+        if getattr(r, k):
+            spec[k] = getattr(r, k)
+    if r.suppress_prefixlen != 0xFFFFFFFF:
+        spec["suppress_prefixlen"] = r.suppress_prefixlen
+    try:
+        ipr.rule("add", **spec)
+    except Exception as e:
+        if getattr(e, "code", 0) != errno.EEXIST:
+            raise RestoreFailed(f"rule priority {r.priority} table {r.table}: {e}") from None
+
+
+def _write_sysctls(items) -> None:
+    for s in items:
+        try:
+            with open(f"/proc/sys/net/{s.key}", "w") as f:
+                f.write(s.value)
+        except OSError as e:
+            raise RestoreFailed(f"net sysctl {s.key} = {s.value!r}: {e.strerror}") from None
+
+
+def load_nft(ruleset: str) -> None:
+    """``nft -j -f -`` in the calling process's namespace."""
+    try:
+        r = subprocess.run([NFT, "-j", "-f", "-"], input=ruleset, capture_output=True,
+                           text=True, timeout=60)
+    except FileNotFoundError:
+        raise RestoreFailed("the image has an nftables ruleset and nft is not installed") \
+            from None
+    if r.returncode != 0:
+        raise RestoreFailed(f"nft -j -f: {r.stderr.strip()[:300]}")
