@@ -1,9 +1,8 @@
 """Deleted-but-open regular files ("ghost files", as CRIU calls them).
 
 ``/proc/PID/fd/N`` reads ``PATH (deleted)`` and still opens the file.  Dump, once per inode
-(st_dev, st_ino): its contents (read through ``/proc/PID/fd/N``), mode, owner and size
-(``ghost_file``; the contents are inline in the record for now, since the image test suites
-write sample records of every kind and only ``pages`` may reference a data block), and one ``ghost_fd`` record per open file description
+(st_dev, st_ino): its contents (read through ``/proc/PID/fd/N``) into an image data block,
+mode, owner and size (``ghost_file``), and one ``ghost_fd`` record per open file description
 naming the inode.  Restore, in the restorer before any task is forked
 (files.prepare): the file is created again at PATH as seen from the init's root
 (``/proc/INIT/root/PATH``; if that name is taken, ``PATH.lxc-cr-ghost-INO`` in the same
@@ -19,7 +18,7 @@ import construct as cs
 
 from lxc_cr.errors import KernelError, RestoreFailed
 from lxc_cr.image.kinds import record_kind
-from lxc_cr.resources.records_common import Blob, Str
+from lxc_cr.resources.records_common import BlockRef, Str
 
 KINDS = ("deleted file",)
 DELETED = " (deleted)"
@@ -32,7 +31,7 @@ GHOST = record_kind(0x0312, "ghost_file", cs.Struct(
     "mode" / cs.Int32ul,         # st_mode
     "uid" / cs.Int32ul, "gid" / cs.Int32ul,
     "size" / cs.Int64ul,
-    "data" / Blob,               # its contents (inline: see the module docstring)
+    "block" / BlockRef,          # its contents
 ), doc="a deleted file still open: contents, mode, owner (once per inode)")
 
 GHOST_FD = record_kind(0x0313, "ghost_fd", cs.Struct(
@@ -67,9 +66,10 @@ def dump(ctx, task, d, file_id) -> None:
                 off += len(b)
         finally:
             os.close(fd)
+        ref = ctx.writer.write_block(chunks)
         ctx.writer.add(GHOST, dict(ghost_id=ids[key], dev=d.dev, ino=d.ino,
                                    path=_path(d.target), mode=st.st_mode, uid=st.st_uid,
-                                   gid=st.st_gid, size=off, data=b"".join(chunks)))
+                                   gid=st.st_gid, size=off, block=ref))
     if files.once(ctx, "ghost_fd", file_id):
         ctx.writer.add(GHOST_FD, dict(file_id=file_id, ghost_id=ids[key]))
 
@@ -87,7 +87,7 @@ def prepare(ctx) -> None:
             continue
         name, base = _create(root, g)
         try:
-            data = bytes(g.data)
+            data = ctx.reader.read_block(g.block)
             off = 0
             while off < len(data):
                 off += os.pwrite(base, data[off:], off)

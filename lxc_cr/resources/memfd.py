@@ -1,7 +1,7 @@
 """memfd files held as fds: name, contents, size and seals.
 
 ``/proc/PID/fd/N`` reads ``/memfd:NAME (deleted)``.  Dump, once per inode: contents read
-through ``/proc/PID/fd/N`` (inline in the record), ``F_GET_SEALS`` (``memfd``), and one
+through ``/proc/PID/fd/N`` into a data block, ``F_GET_SEALS`` (``memfd``), and one
 ``memfd_fd`` record per open file description.  Restore (files.prepare, in the restorer):
 ``memfd_create(NAME, MFD_ALLOW_SEALING)``, contents, ``ftruncate``, each description
 reopened through ``/proc/self/fd/N`` with its flags and offset, then ``F_ADD_SEALS`` (last,
@@ -18,7 +18,7 @@ import construct as cs
 
 from lxc_cr.errors import KernelError, Unsupported
 from lxc_cr.image.kinds import record_kind
-from lxc_cr.resources.records_common import Blob, Str
+from lxc_cr.resources.records_common import BlockRef, Str
 
 KINDS = ("memfd",)
 F_ADD_SEALS, F_GET_SEALS = 1033, 1034
@@ -32,7 +32,7 @@ MEMFD = record_kind(0x0314, "memfd", cs.Struct(
     "name" / Str,                # NAME of /memfd:NAME
     "size" / cs.Int64ul,
     "seals" / cs.Int32ul,        # F_GET_SEALS (F_SEAL_SEAL 1, SHRINK 2, GROW 4, WRITE 8, ...)
-    "data" / Blob,               # contents (inline)
+    "block" / BlockRef,
 ), doc="a memfd held as an fd: contents and seals (once per inode)")
 
 MEMFD_FD = record_kind(0x0315, "memfd_fd", cs.Struct(
@@ -76,7 +76,7 @@ def dump(ctx, task, d, file_id) -> None:
         finally:
             os.close(fd)
         ctx.writer.add(MEMFD, dict(memfd_id=ids[d.ino], ino=d.ino, name=_name(d.target),
-                                   size=size, seals=seals, data=b"".join(chunks)))
+                                   size=size, seals=seals, block=ctx.writer.write_block(chunks)))
     if files.once(ctx, "memfd_fd", file_id):
         ctx.writer.add(MEMFD_FD, dict(file_id=file_id, memfd_id=ids[d.ino]))
 
@@ -93,7 +93,7 @@ def prepare(ctx) -> None:
             continue
         base = os.memfd_create(m.name, MFD_CLOEXEC | MFD_ALLOW_SEALING)
         try:
-            data = bytes(m.data)
+            data = ctx.reader.read_block(m.block)
             off = 0
             while off < len(data):
                 off += os.pwrite(base, data[off:], off)
