@@ -22,15 +22,17 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-v", "--verbose", action="store_true", help="more detail")
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
+    # sub-commands repeat the options without a default, so a top-level -v/--debug stays
+    kw = {} if top else {"default": argparse.SUPPRESS}
+    p.add_argument("-v", "--verbose", action="store_true", help="more detail", **kw)
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors", **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Checkpoint/restart for LXC and libvirt-LXC containers. "
                 "All commands need root.")
-    _add_common(p)
+    _add_common(p, top=True)
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 

@@ -61,10 +61,10 @@ def estimated_size(tasks) -> int:
 def run(args) -> int:
     from lxc_cr.dump import check_tree, discover
     from lxc_cr.kernel.procfs import Proc
-    pid, _, _ = resolve_target(args.target)
+    pid, kind, _ = resolve_target(args.target)
     proc = Proc()
     tasks = discover(proc, pid)
-    problems, _ = check_tree(proc, tasks)
+    problems, _ = check_tree(proc, tasks, managed=kind != "tree")
     lines = [str(p) for p in problems] + environment_problems(tasks)
     need = estimated_size(tasks)
     free = shutil.disk_usage(getattr(args, "image_dir", None) or os.getcwd()).free

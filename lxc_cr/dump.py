@@ -159,10 +159,10 @@ def _relative_pids(tasks: list[TaskState]) -> None:
         t.sid = t.creds.nssid[level] if len(t.creds.nssid) > level else 0
 
 
-def check_tree(proc: Proc, tasks: list[TaskState]) -> list:
+def check_tree(proc: Proc, tasks: list[TaskState], managed: bool = False) -> list:
     """Every resource that cannot be checkpointed, without stopping anything."""
     from lxc_cr.resources import files, namespaces
-    problems = list(namespaces.check(proc, tasks[0]))
+    problems = list(namespaces.check(proc, tasks[0], managed))
     for t in tasks:
         if t.host_pid == os.getpid():
             problems.append(_unsupported(t, "lxc-cr itself inside the tree"))
@@ -311,13 +311,14 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
     from lxc_cr.image.reader import ImageReader
     from lxc_cr.image.writer import ImageWriter
     from lxc_cr.resources import creds, files, memory, namespaces, signals, task as task_mod
-    from lxc_cr.resources import ttys
+    from lxc_cr.resources import ttys  # noqa: F401 - registers the tty fd kind
     from lxc_cr.resources import threads as threads_mod
 
     t0 = time.monotonic()
     proc = Proc()
     tasks = discover(proc, root_pid)
-    problems, pipe_count = check_tree(proc, tasks)
+    managed = source_kind != "tree"
+    problems, pipe_count = check_tree(proc, tasks, managed)
     if problems:
         raise Refused(problems)
     faults.step("dump", "checked")
@@ -328,7 +329,7 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
         tasks = freeze(proc, tasks, freezer)
         t_frozen = time.monotonic()
         faults.step("dump", "frozen")
-        problems, ctx.pipe_inode_count = check_tree(proc, tasks)   # tasks seen while freezing
+        problems, ctx.pipe_inode_count = check_tree(proc, tasks, managed)   # seen while freezing
         if problems:
             raise Refused(problems)
         for t in tasks:
@@ -342,7 +343,7 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
                          level=level, xcr0=xcr0, vdso_size=vdso_size,
                          vdso_hash=vdso_hash) as w:
             ctx.writer = w
-            namespaces.dump(ctx, root, root.leader.remote)
+            namespaces.dump(ctx, root, root.leader.remote, managed)
             for t in tasks:
                 if t.zombie:
                     task_mod.dump_zombie(ctx, t)
@@ -357,7 +358,6 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
                 signals.dump_pending(ctx, t, t.leader.tracee,
                                      [(th, th.tracee) for th in t.threads])
                 files.dump(ctx, t, t.fds)
-                ttys.dump(ctx, t, t.fds, remote)
                 memory.dump(ctx, t, remote)
                 faults.step("dump", f"memory {t.pid}")
                 if progress is not None:

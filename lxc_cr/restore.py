@@ -152,6 +152,9 @@ def _build(ctx: RestoreCtx, takeover=None):
         init_pid = takeover()
         ctx.created.append(init_pid)
         init = _adopt_init(ctx, init_pid)
+        from lxc_cr.resources import namespaces
+        kinds = namespaces.own_set(ctx.records) & {"uts", "ipc", "net"}
+        namespaces.setup_existing(init_pid, ctx.records, ctx.reader, kinds)
         if root.pid != 1:
             raise RestoreFailed(f"{ctx.path}: the recorded root is pid {root.pid}, not the "
                                 f"container's init")
@@ -408,6 +411,8 @@ def _end_helpers(ctx, helpers: dict, by_pid: dict) -> None:
 def _make_zombie(ctx, live: Live) -> None:
     status = live.rec.exit_code
     tracee, remote = live.threads[live.pid]
+    remote.write(ctx.scratch + 256, live.rec.comm.encode()[:15] + b"\0")
+    remote.call("prctl", 15, ctx.scratch + 256, 0, 0, 0)          # PR_SET_NAME
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         remote.write(ctx.scratch + 256, struct.pack("<QQQQ", 0, 0x04000000, 0, 0))

@@ -39,7 +39,9 @@ def own_kinds(proc, host_pid: int) -> dict[str, tuple[int, bool]]:
     return out
 
 
-def check(proc, root) -> list[Unsupported]:
+def check(proc, root, managed: bool = False) -> list[Unsupported]:
+    """``managed``: the tree is a manager's container (LXC, libvirt), whose root file
+    system and mounts the manager recreates at every start: they are not checked."""
     from lxc_cr.resources import ns_ipc, ns_mnt, ns_net
     out = []
     kinds = own_kinds(proc, root.host_pid)
@@ -50,7 +52,7 @@ def check(proc, root) -> list[Unsupported]:
     if "time" in own:
         out.append(Unsupported(root.host_pid, root.stat.comm, "time namespace",
                                reason="not supported yet (clock offsets are not recorded)"))
-    if "mnt" in own:
+    if "mnt" in own and not managed:
         out += ns_mnt.check(proc, root)
     if "net" in own:
         out += ns_net.check(root, f"/proc/{root.host_pid}/ns/net")
@@ -59,7 +61,7 @@ def check(proc, root) -> list[Unsupported]:
     return out
 
 
-def dump(ctx, root, remote) -> None:
+def dump(ctx, root, remote, managed: bool = False) -> None:
     from lxc_cr.resources import ns_ipc, ns_mnt, ns_net
     kinds = own_kinds(ctx.proc, root.host_pid)
     for kind, (ino, own) in kinds.items():
@@ -72,7 +74,7 @@ def dump(ctx, root, remote) -> None:
     own = {k for k, (_i, o) in kinds.items() if o}
     if "net" in own:
         ns_net.dump(ctx, root, run_in)
-    if "mnt" in own:
+    if "mnt" in own and not managed:
         ns_mnt.dump(ctx, root)
     if "ipc" in own:
         ns_ipc.dump(ctx, root, run_in)

@@ -45,25 +45,24 @@ def classify(desc) -> None:
         desc.kind = "tty"
 
 
-def dump(ctx, task, descs, remote) -> None:
+def dump(ctx, task, d, file_id) -> None:
+    """The fd-kind handler's dump: settings read by ioctls injected into the task."""
+    remote = task.leader.remote
     buf = ctx.scratch_for(task)
-    for d in descs:
-        if d.kind != "tty":
-            continue
-        remote.call("ioctl", d.fd, TCGETS, buf)
-        termios = remote.read(buf, 36)
-        remote.call("ioctl", d.fd, TIOCGWINSZ, buf)
-        winsize = remote.read(buf, 8)
-        ctty = task.stat.tty_nr == d.rdev
-        fg = -1
-        if ctty:
-            try:
-                remote.call("ioctl", d.fd, TIOCGPGRP, buf)
-                fg = struct.unpack("<i", remote.read(buf, 4))[0]
-            except Exception:
-                fg = -1
-        ctx.writer.add(TTY, dict(pid=task.pid, fd=d.fd, path=d.target, termios=termios,
-                                 winsize=winsize, ctty=ctty, fg_pgrp=fg))
+    remote.call("ioctl", d.fd, TCGETS, buf)
+    termios = remote.read(buf, 36)
+    remote.call("ioctl", d.fd, TIOCGWINSZ, buf)
+    winsize = remote.read(buf, 8)
+    ctty = task.stat.tty_nr == d.rdev
+    fg = -1
+    if ctty:
+        try:
+            remote.call("ioctl", d.fd, TIOCGPGRP, buf)
+            fg = struct.unpack("<i", remote.read(buf, 4))[0]
+        except Exception:
+            fg = -1
+    ctx.writer.add(TTY, dict(pid=task.pid, fd=d.fd, path=d.target, termios=termios,
+                             winsize=winsize, ctty=ctty, fg_pgrp=fg))
 
 
 KINDS = ("tty",)
