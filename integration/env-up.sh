@@ -105,6 +105,10 @@ if [ "${#pids[@]}" -gt 0 ]; then
             restart=1
         fi
     done
+    if [ "${1:-}" = --restart-libvirtd ]; then
+        log "restarting libvirtd (it reads its hook scripts when it starts)"
+        restart=1
+    fi
     if [ "$restart" -eq 0 ] && ! virsh_answers; then
         log "libvirtd (pid ${pids[*]}) runs but does not answer on $LXCCR_URI"
         restart=1

@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     v = vparser("dominfo", "domain state and whether a managed save exists")
     v.add_argument("domain", metavar="DOMAIN")
 
+    # --- hooks ---------------------------------------------------------------------------------
+    hk = sub.add_parser("hooks", help="install, remove or show lxc-cr's manager hooks")
+    hk.add_argument("hooks_cmd", choices=["install", "uninstall", "status"], metavar="ACTION",
+                    help="install | uninstall | status")
+    _add_common(hk)
+
     # --- inspect / check / convert ----------------------------------------------------------
     i = sub.add_parser("inspect", help="decode an image")
     i.add_argument("image", metavar="IMAGE")
@@ -135,6 +141,9 @@ def _run(args) -> int:
     if args.cmd == "virsh":
         from lxc_cr.runtime import libvirt as virt_runtime
         return virt_runtime.run(args)
+    if args.cmd == "hooks":
+        from lxc_cr import commands_hooks
+        return commands_hooks.run(args)
     if args.cmd == "inspect":
         from lxc_cr.image import inspect as image_inspect
         return image_inspect.run(args)

@@ -270,18 +270,12 @@ def start(name: str, uri: str | None = None, force_boot: bool = False) -> str:
         restore(path, uri=uri)
         os.unlink(path)
         return "restored"
-    if os.path.exists(path):
+    if os.path.exists(path):               # --force-boot discards the managed save
         os.unlink(path)
-    open(f"{RUN_DIR}/booting-{name}", "w").close() if os.path.isdir(RUN_DIR) else None
     try:
         dom.create()
     except libvirt.libvirtError as e:
         raise VirshError(f"Failed to start domain '{name}': {e}") from None
-    finally:
-        try:
-            os.unlink(f"{RUN_DIR}/booting-{name}")
-        except FileNotFoundError:
-            pass
     return "booted"
 
 
