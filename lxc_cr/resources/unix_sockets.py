@@ -117,7 +117,7 @@ def restore(ctx, task, rec, remote) -> int:
             _drop_stale(task.host_pid, u.name)
         addr = _sockaddr(u.name)
         remote.write(buf, addr)
-        remote.call("bind", fd, buf, len(addr) if u.name.startswith("@") else len(addr))
+        remote.call("bind", fd, buf, len(addr))
     if u.listening:
         remote.call("listen", fd, DEFAULT_BACKLOG)
     return fd
