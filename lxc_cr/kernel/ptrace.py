@@ -277,7 +277,8 @@ class Remote:
         self.keep_signals = keep_signals
         self.children: list[tuple[int, int]] = []     # (event, new tid) from clone events
 
-    def call(self, name: str, *args: int, expect_exit: bool = False) -> int:
+    def _load(self, name: str, args) -> None:
+        """Registers for ``name(*args)`` at the syscall instruction (x86_64 ABI)."""
         r = self.base.copy()
         r.rax = nr(name)
         r.orig_rax = 0xFFFFFFFFFFFFFFFF
@@ -285,6 +286,17 @@ class Remote:
         for reg, v in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
             setattr(r, reg, v & 0xFFFFFFFFFFFFFFFF)
         self.t.setregs(r)
+
+    def _result(self, name: str, args) -> int:
+        ret = self.t.getregs().rax
+        if ret >= 2 ** 63:
+            ret -= 2 ** 64
+        if -4096 < ret < 0:
+            raise RemoteError(name, -ret, pid=self.t.tid, args=args)
+        return ret
+
+    def call(self, name: str, *args: int, expect_exit: bool = False) -> int:
+        self._load(name, args)
         self.t._resume(PTRACE_SINGLESTEP)
         while True:
             st = self.t.wait()
@@ -307,25 +319,14 @@ class Remote:
             if self.keep_signals:
                 self.t.intercepted.append(self.t.getsiginfo())
             self.t._resume(PTRACE_SINGLESTEP)
-        ret = self.t.getregs().rax
-        if ret >= 2 ** 63:
-            ret -= 2 ** 64
-        if -4096 < ret < 0:
-            raise RemoteError(name, -ret, pid=self.t.tid, args=args)
-        return ret
+        return self._result(name, args)
 
     def call_at_exit(self, name: str, *args: int, final: Regs) -> None:
         """Run the last syscall with PTRACE_SYSCALL, stop at its exit, then set ``final``.
 
         Used for the munmap of the scratch page that holds the syscall instruction itself.
         """
-        r = self.base.copy()
-        r.rax = nr(name)
-        r.orig_rax = 0xFFFFFFFFFFFFFFFF
-        r.rip = self.ip
-        for reg, v in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
-            setattr(r, reg, v & 0xFFFFFFFFFFFFFFFF)
-        self.t.setregs(r)
+        self._load(name, args)
         for _ in range(2):          # syscall-entry stop, then syscall-exit stop
             self.t._resume(PTRACE_SYSCALL)
             while True:
@@ -335,11 +336,7 @@ class Remote:
                 if st.sig == (signal.SIGTRAP | 0x80) or (st.sig == signal.SIGTRAP and st.event == 0):
                     break
                 self.t._resume(PTRACE_SYSCALL)
-        ret = self.t.getregs().rax
-        if ret >= 2 ** 63:
-            ret -= 2 ** 64
-        if -4096 < ret < 0:
-            raise RemoteError(name, -ret, pid=self.t.tid, args=args)
+        self._result(name, args)
         self.t.setregs(final)
 
     # --- memory -------------------------------------------------------------------------------

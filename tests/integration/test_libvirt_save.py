@@ -4,8 +4,9 @@ libvirtd; the restored domain is an ordinary libvirt domain."""
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
+
+from test_lxc_checkpoint import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 LXC_CR = REPO / ".venv" / "bin" / "lxc-cr"
@@ -19,16 +20,6 @@ def run(*argv, timeout=120) -> subprocess.CompletedProcess:
 
 def virsh(*args) -> subprocess.CompletedProcess:
     return run("virsh", "-c", URI, *args)
-
-
-def wait_for(cond, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def counter_domain(libvirt_domain, tmp_path, label):
