@@ -240,12 +240,17 @@ def freeze(proc: Proc, tasks: list[TaskState], freezer=None) -> list[TaskState]:
         for t in tasks:
             if t.zombie:
                 continue
-            refresh(proc, t)
-            for th in t.threads:
-                if th.tracee is None:
-                    th.tracee = Tracee.seize(th.host_tid, O_TRACESYSGOOD, pid=t.host_pid)
-                    th.tracee.interrupt()
-                    new += 1
+            try:
+                refresh(proc, t)
+                for th in t.threads:
+                    if th.tracee is None:
+                        th.tracee = Tracee.seize(th.host_tid, O_TRACESYSGOOD, pid=t.host_pid)
+                        th.tracee.interrupt()
+                        new += 1
+            except TaskGone:
+                if t.host_pid == root:
+                    raise
+                new += 1              # it exited (or became a zombie) meanwhile: rescan
         fresh = discover_frozen(proc, root, tasks)
         if not new and len(fresh) == len(tasks):
             return tasks
@@ -259,17 +264,22 @@ def discover_frozen(proc: Proc, root: int, old: list[TaskState]) -> list[TaskSta
     while stack:
         hp = stack.pop(0)
         t = by_host.get(hp)
-        if t is None:
-            t = TaskState(hp)
-            refresh(proc, t)
-        else:
-            t.stat = proc.stat(hp)
-            t.state0 = t.state0 or t.stat.state
-            t.creds = proc.creds(hp)
+        try:
+            if t is None:
+                t = TaskState(hp)
+                refresh(proc, t)
+            else:
+                t.stat = proc.stat(hp)
+                t.state0 = t.state0 or t.stat.state
+                t.creds = proc.creds(hp)
+            children = [] if t.zombie else proc.children(hp)
+        except TaskGone:
+            if hp == root:
+                raise
+            continue                  # exited before it was stopped
         out.append(t)
-        if not t.zombie:
-            t.children = proc.children(hp)
-            stack.extend(t.children)
+        t.children = children
+        stack.extend(children)
     _relative_pids(out)
     return out
 
