@@ -52,7 +52,7 @@ def processes(ct) -> set[tuple[int, str]]:
     out = set()
     for line in r.stdout.splitlines()[1:]:
         parts = line.split(None, 2)
-        if len(parts) == 3 and not re.match(r"(ps|sleep)\b", parts[2]):
+        if len(parts) == 3 and not re.match(r"\[?(ps|sleep)\b", parts[2]):   # incl. a sleep not yet reaped
             out.add((int(parts[0]), parts[2]))
     return out
 
