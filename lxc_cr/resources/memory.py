@@ -7,7 +7,9 @@ Dump (kernel-facts "Memory"):
     mappings: only the task's own copies (bit 61 clear).  Shared file mappings: nothing.
   * shared anonymous memory (``/dev/zero (deleted)``, ``/memfd:...``) is one object per
     inode, read once through ``/proc/PID/map_files/START-END`` with SEEK_DATA/SEEK_HOLE;
-  * pages are read with large preadv on ``/proc/PID/mem`` in runs of adjacent pages.
+  * pages are read with large preadv on ``/proc/PID/mem`` in runs of adjacent pages;
+  * SysV shm attachments (``/SYSV%08x``, the inode field is the shm id) record the id and
+    no pages: the segment is dumped once by sysv_ipc and re-attached with shmat().
 
 Restore, executed by the task itself through injected syscalls: unmap what the task had,
 move [vvar_vclock]/[vvar]/[vdso] to the recorded addresses, mmap every recorded mapping,
@@ -32,6 +34,7 @@ MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
 PR_SET_MM, PR_SET_MM_MAP, PR_SET_MM_MAP_SIZE = 35, 14, 15
 O_RDONLY, O_RDWR, O_CLOEXEC = 0, 2, 0o2000000
 AT_FDCWD = -100
+SHM_RDONLY, SHM_REMAP, SHM_EXEC = 0o10000, 0o40000, 0o100000
 
 PM_PRESENT, PM_SWAP, PM_FILE = 1 << 63, 1 << 62, 1 << 61
 SPECIAL = {"[vdso]": "vdso", "[vvar]": "vvar", "[vvar_vclock]": "vvar_vclock"}
@@ -64,11 +67,14 @@ def classify(m) -> str | None:
 def check(proc, pid: int, comm: str, maps) -> list[Unsupported]:
     """Everything in this address space that the memory module cannot dump."""
     out = []
-    for m in maps:
+    prev = None
+    for prev, m in zip([None] + list(maps), maps):
         kind = classify(m)
         if kind == "sysv_shm":
-            out.append(Unsupported(pid, comm, "SysV shared memory attachment",
-                                   where=f"mapping {m.start:#x}"))
+            if m.pgoff and not (prev is not None and classify(prev) == "sysv_shm"
+                                and prev.inode == m.inode and prev.end == m.start):
+                out.append(Unsupported(pid, comm, "partial SysV shared memory attachment",
+                                       where=f"mapping {m.start:#x} shmid {m.inode}"))
         elif kind in ("file_private", "file_shared") and m.deleted:
             out.append(Unsupported(pid, comm, "mapping of a deleted file",
                                    where=f"mapping {m.start:#x} {m.path}"))
@@ -171,6 +177,8 @@ def dump(ctx, task, remote) -> None:
                 dev, ino, size, mtime = fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns
             if kind == "shmem":
                 shmem_id = _dump_shmem(ctx, hp, m)
+            elif kind == "sysv_shm":
+                ino = m.inode        # the shm id; contents are dumped by sysv_ipc
             ctx.writer.add(VMA, dict(pid=pid, start=m.start, end=m.end, prot=m.prot,
                                      shared=m.shared, kind=kind, pgoff=m.pgoff, dev=dev,
                                      ino=ino, size=size, mtime_ns=mtime, shmem_id=shmem_id,
@@ -281,6 +289,8 @@ def restore(ctx, task, remote) -> None:
             if v.madv & MADV_BITS["gd"]:
                 flags |= MAP_GROWSDOWN
             addr = remote.call("mmap", v.start, length, v.prot, flags, -1, 0)
+        elif kind == "sysv_shm":
+            addr = _attach_sysv(remote, v, length)
         elif kind == "shmem":
             fd = ctx.shmem_fds[v.shmem_id]
             addr = remote.call("mmap", v.start, length, v.prot,
@@ -313,6 +323,20 @@ def restore(ctx, task, remote) -> None:
             raise RestoreFailed(f"pid {pid}: short write of pages at {p.vaddr:#x}", pid=pid)
     # 5. the mm fields
     _set_mm(ctx, remote, task, mm)
+
+
+def _attach_sysv(remote, v, length) -> int:
+    """A SysV shm attachment: shmat(shmid, addr) for the mapping at offset 0 (the kernel
+    maps the whole segment), then the recorded protection of this piece."""
+    if v.pgoff == 0:
+        flags = SHM_REMAP | (0 if v.prot & PROT_WRITE else SHM_RDONLY)
+        if v.prot & PROT_EXEC:
+            flags |= SHM_EXEC
+        addr = remote.call("shmat", v.ino, v.start, flags)
+        if addr != v.start:
+            return addr
+    remote.call("mprotect", v.start, length, v.prot)
+    return v.start
 
 
 def _open_checked(ctx, remote, task, path, flags, dev, ino, size, mtime_ns) -> int:

@@ -3,8 +3,9 @@
 ``/proc/PID/ns/KIND`` links (``net:[4026531840]``) tell each namespace; a kind whose inode
 differs from the dumper's is the tree's own and is recreated fresh on restore.  Each kind
 has its module: UTS here (``struct utsname`` nodename and domainname, uname(2) injected
-into the root), net in ns_net, mount in ns_mnt, POSIX message queues in ns_ipc, cgroup
-membership in ns_cgroup.  The pid namespace is made by the restorer (restore._start_init).
+into the root), net in ns_net, mount in ns_mnt, POSIX message queues in ns_ipc, SysV IPC
+objects in sysv_ipc, cgroup membership in ns_cgroup.  The pid namespace is made by the
+restorer (restore._start_init).
 
 Restore: ``setup_in_child()`` runs in the restored init before takeover (restorer code, in
 the new pid namespace): it unshares the other kinds and rebuilds each one in place, in the
@@ -42,7 +43,7 @@ def own_kinds(proc, host_pid: int) -> dict[str, tuple[int, bool]]:
 def check(proc, root, managed: bool = False) -> list[Unsupported]:
     """``managed``: the tree is a manager's container (LXC, libvirt), whose root file
     system and mounts the manager recreates at every start: they are not checked."""
-    from lxc_cr.resources import ns_ipc, ns_mnt, ns_net
+    from lxc_cr.resources import ns_ipc, ns_mnt, ns_net, sysv_ipc
     out = []
     kinds = own_kinds(proc, root.host_pid)
     own = {k for k, (_i, o) in kinds.items() if o}
@@ -58,11 +59,12 @@ def check(proc, root, managed: bool = False) -> list[Unsupported]:
         out += ns_net.check(root, f"/proc/{root.host_pid}/ns/net")
     if "ipc" in own:
         out += ns_ipc.check(root, run_in)
+        out += sysv_ipc.check(root, run_in)
     return out
 
 
 def dump(ctx, root, remote, managed: bool = False) -> None:
-    from lxc_cr.resources import ns_ipc, ns_mnt, ns_net
+    from lxc_cr.resources import ns_ipc, ns_mnt, ns_net, sysv_ipc
     kinds = own_kinds(ctx.proc, root.host_pid)
     for kind, (ino, own) in kinds.items():
         ctx.writer.add(NS, dict(kind=kind, ino=ino, own=own or kind == "pid"))
@@ -78,6 +80,7 @@ def dump(ctx, root, remote, managed: bool = False) -> None:
         ns_mnt.dump(ctx, root)
     if "ipc" in own:
         ns_ipc.dump(ctx, root, run_in)
+        sysv_ipc.dump(ctx, root, run_in)
 
 
 def unshare_flags(ns_recs) -> int:
@@ -103,7 +106,7 @@ def setup_in_child(records, reader) -> None:
 def rebuild(records, reader, own: set[str], fresh_proc: bool) -> None:
     """Rebuild the recorded state of the kinds in ``own`` in the calling process's
     namespaces (each freshly created, or a manager's)."""
-    from lxc_cr.resources import ns_ipc, ns_mnt, ns_net
+    from lxc_cr.resources import ns_ipc, ns_mnt, ns_net, sysv_ipc
     uts = (records.get("uts") or [None])[0]
     if uts is not None and "uts" in own:
         socket.sethostname(uts.hostname)
@@ -111,6 +114,7 @@ def rebuild(records, reader, own: set[str], fresh_proc: bool) -> None:
         ksys.syscall("setdomainname", name, len(name))
     if "ipc" in own:
         ns_ipc.restore(records)
+        sysv_ipc.restore(records, reader)
     if "mnt" in own:
         ns_mnt.restore(records, reader, fresh_proc=fresh_proc)
     if "net" in own:
