@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 from test_lxc_checkpoint import wait_for
+from test_lxc_network import client_ns  # noqa: F401 - fixture
 
 REPO = Path(__file__).resolve().parents[2]
 LXC_CR = REPO / ".venv" / "bin" / "lxc-cr"
@@ -106,3 +107,43 @@ def test_virsh_errors(libvirt_domain, tmp_path):
     r = run(LXC_CR, "virsh", "restore", bad)
     assert r.returncode == 2 and r.stderr.startswith("lxc-cr: error:"), r.stderr
     assert r.stderr.count("\n") == 1
+
+
+def test_own_rootfs_and_bridge_interface(lxc_container, libvirt_domain, cc, client_ns, tmp_path):
+    """A domain with its own root (a busybox rootfs) and an <interface> on the bridge keeps
+    its address, and its TCP listener's state, through save and restore."""
+    from xml.sax.saxutils import escape
+
+    from test_lxc_network import ADDR, SERVER, ask
+    ct = lxc_container("vroot")                      # only for its busybox rootfs
+    rootfs = Path(ct.lxcpath) / ct.name / "rootfs"
+    srv = rootfs / "bin" / "srv"
+    srv.write_bytes(Path(cc(SERVER, "-static", name="srv")).read_bytes())
+    srv.chmod(0o755)
+    loop = (f"ip addr add {ADDR}/24 dev eth0; ip link set eth0 up; "
+            "/bin/srv </dev/null >/dev/null 2>&1 & "
+            "i=0; while true; do i=$((i+1)); echo $i > /tmp/c; sleep 0.1; done")
+    xml = f"""<domain type='lxc'>
+  <name>{{name}}</name>
+  <memory unit='MiB'>64</memory>
+  <os><type>exe</type><init>/bin/sh</init><initarg>-c</initarg>
+      <initarg>{escape(loop).replace('{', '{{').replace('}', '}}')}</initarg></os>
+  <devices>
+    <filesystem type='mount'><source dir='{rootfs}'/><target dir='/'/></filesystem>
+    <interface type='bridge'><source bridge='lxcbr0'/></interface>
+    <console type='pty'/>
+  </devices>
+</domain>"""
+    dom = libvirt_domain("vroot", persistent=True, xml=xml)
+    name = dom.name()
+    first = wait_for(lambda: ask(client_ns), what="the domain's server from the bridge")
+    img = tmp_path / "vroot.save"
+    r = run(LXC_CR, "virsh", "save", name, img)
+    assert r.returncode == 0, r.stderr
+    assert state(name) == "shut off"
+    r = run(LXC_CR, "virsh", "restore", img)
+    assert r.returncode == 0, r.stderr
+    assert state(name) == "running"
+    after = wait_for(lambda: ask(client_ns), what="the restored server")
+    assert after == first + 1, "the listener's counter did not continue"
+    assert virsh("destroy", name).returncode == 0
