@@ -138,8 +138,15 @@ def _progress_printer():
 
 
 def _wait_inactive(dom, name: str, timeout: float = 30.0) -> None:
+    """Until libvirt sees the domain shut off (a transient domain disappears instead)."""
+    libvirt = _libvirt()
     deadline = time.monotonic() + timeout
-    while dom.isActive():
+    while True:
+        try:
+            if not dom.isActive():
+                return
+        except libvirt.libvirtError:
+            return                                  # transient: gone once it stopped
         if time.monotonic() > deadline:
             raise VirshError(f"domain '{name}' was saved but is still running")
         time.sleep(0.01)

@@ -4,6 +4,7 @@ libvirtd; the restored domain is an ordinary libvirt domain."""
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 from test_lxc_checkpoint import wait_for
@@ -146,4 +147,41 @@ def test_own_rootfs_and_bridge_interface(lxc_container, libvirt_domain, cc, clie
     assert state(name) == "running"
     after = wait_for(lambda: ask(client_ns), what="the restored server")
     assert after == first + 1, "the listener's counter did not continue"
+    assert virsh("destroy", name).returncode == 0
+
+
+def _console_lines(name: str, timeout: float = 3.0) -> list[str]:
+    """Lines the domain writes on its console, read from the host side of the pty."""
+    import os
+    import select
+    pty = virsh("ttyconsole", name).stdout.strip()
+    fd = os.open(pty, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    data = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and data.count(b"\n") < 4:
+            if select.select([fd], [], [], 0.2)[0]:
+                data += os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    return data.decode(errors="replace").split()
+
+
+def test_transient_paused_restore_and_console(libvirt_domain, tmp_path):
+    """A transient domain: save, restore --paused (virsh shows it paused, its counter
+    stands still), resume; its console still carries its output."""
+    loop = "i=0; while true; do i=$((i+1)); echo tick$i; sleep 0.1; done"
+    dom = libvirt_domain("cons", initargs=("-c", loop))
+    name = dom.name()
+    wait_for(lambda: any(w.startswith("tick") for w in _console_lines(name)), what="console")
+    img = tmp_path / "cons.save"
+    r = run(LXC_CR, "virsh", "save", name, img)
+    assert r.returncode == 0, r.stderr
+    r = run(LXC_CR, "virsh", "restore", img, "--paused")
+    assert r.returncode == 0, r.stderr
+    assert state(name) == "paused"
+    assert virsh("resume", name).returncode == 0
+    ticks = wait_for(lambda: [int(w[4:]) for w in _console_lines(name)
+                              if w.startswith("tick") and w[4:].isdigit()], what="ticks")
+    assert ticks == sorted(ticks) and ticks[0] > 1, ticks   # continued, not restarted
     assert virsh("destroy", name).returncode == 0
