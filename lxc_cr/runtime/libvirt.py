@@ -104,21 +104,24 @@ def managed_path(name: str) -> str:
 
 def save(name: str, path: str, uri: str | None = None, verbose: bool = False,
          after: str | None = None) -> dict:
+    """``after``: "running" or "paused", recorded for a later restore (virsh save
+    --running/--paused); None leaves the choice to the restore."""
     from lxc_cr.dump import dump_tree
     from lxc_cr.kernel.cgroup import Freezer
-    from lxc_cr.runtime.records import SOURCE_CONFIG
+    from lxc_cr.runtime.records import RESTORE_STATE, SOURCE_CONFIG
     conn = connect(uri)
     dom = lookup(conn, name)
     if not dom.isActive():
         raise VirshError(f"Requested operation is not valid: domain '{name}' is not running")
     pid = _status_init_pid(name)
+    extra = [(RESTORE_STATE, dict(state=after))] if after else []
     xml = dom.XMLDesc(0)
     progress = _progress_printer() if verbose else None
     stats = dump_tree(pid, path, leave_running=False, source_kind="libvirt",
                       source_name=name, freezer=Freezer(pid), progress=progress,
                       extra_records=[(SOURCE_CONFIG, dict(kind="libvirt", name=name,
                                                            lxcpath=uri or DEFAULT_URI,
-                                                           config=xml))])
+                                                           config=xml))] + extra)
     if progress:
         progress(1, 1)
         print()
@@ -181,7 +184,17 @@ def _shim_xml(xml: str) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
-def restore(path: str, uri: str | None = None, paused: bool = False) -> dict:
+def saved_state(path: str) -> str | None:
+    from lxc_cr.image.reader import ImageReader
+    with ImageReader(path) as r:
+        for _, obj in r.records("restore_state"):
+            return obj.state
+    return None
+
+
+def restore(path: str, uri: str | None = None, paused: bool = False,
+            running: bool = False) -> dict:
+    """``paused``/``running`` override the state recorded by ``save --paused/--running``."""
     from lxc_cr.image.reader import ImageReader
     from lxc_cr.kernel.ptrace import O_EXITKILL, Tracee
     from lxc_cr.restore import restore_tree
@@ -228,7 +241,7 @@ def restore(path: str, uri: str | None = None, paused: bool = False) -> dict:
                 pass
         raise
     dom = started["dom"]
-    if paused:
+    if paused or (not running and saved_state(path) == "paused"):
         dom.suspend()
     return stats
 
@@ -300,12 +313,11 @@ def run(args) -> int:
     uri = getattr(args, "connect", None)
     cmd = args.virsh_cmd
     if cmd == "save":
-        save(args.domain, args.file, uri=uri, verbose=args.verbose)
-        if args.running or args.paused:
-            pass                      # the flags choose the state after a later restore
+        after = "paused" if args.paused else "running" if args.running else None
+        save(args.domain, args.file, uri=uri, verbose=args.verbose, after=after)
         print(f"\nDomain '{args.domain}' saved to {args.file}\n")
     elif cmd == "restore":
-        restore(args.file, uri=uri, paused=args.paused)
+        restore(args.file, uri=uri, paused=args.paused, running=args.running)
         print(f"Domain restored from {args.file}\n")
     elif cmd == "managedsave":
         managedsave(args.domain, uri=uri, verbose=args.verbose)
