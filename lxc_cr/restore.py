@@ -24,11 +24,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from lxc_cr import faults
-from lxc_cr.errors import IncompatibleImage, LxcCrError, RestoreFailed
+from lxc_cr.errors import IncompatibleImage, RestoreFailed
 from lxc_cr.kernel import sys as ksys
 from lxc_cr.kernel.procfs import Proc
 from lxc_cr.kernel.ptrace import (O_EXITKILL, O_TRACECLONE, O_TRACEFORK, O_TRACESYSGOOD,
-                                  O_TRACEVFORK, Regs, Remote, Tracee, find_syscall_insn, reap)
+                                  O_TRACEVFORK, Remote, Tracee, find_syscall_insn, reap)
 
 PAGE = 4096
 ALL_SIGNALS = (1 << 64) - 1 & ~((1 << 8) | (1 << 18))

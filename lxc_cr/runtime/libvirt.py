@@ -284,7 +284,7 @@ def start(name: str, uri: str | None = None, force_boot: bool = False) -> str:
     conn = connect(uri)
     dom = lookup(conn, name)
     if dom.isActive():
-        raise VirshError(f"Requested operation is not valid: domain is already running")
+        raise VirshError("Requested operation is not valid: domain is already running")
     path = managed_path(name)
     if os.path.exists(path) and not force_boot:
         restore(path, uri=uri)

@@ -5,7 +5,6 @@ answers from another namespace on the bridge and the listener's state continued.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from pathlib import Path
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from treeutil import (assert_continued, assert_running_untraced, build, dump_kill,
-                      harness_fixture, idents, read_state, snapshot, state_int, wait_state)
+                      harness_fixture, idents, read_state, snapshot, wait_state)
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from treeutil import (UNSUPPORTED_RE, assert_continued, assert_one_error_line,
+from treeutil import (assert_continued, assert_one_error_line,
                       assert_running_untraced, build, dump_kill, harness_fixture, idents,
                       read_state, snapshot, state_int, tree_pids, wait_state)
 
