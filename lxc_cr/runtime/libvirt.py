@@ -106,6 +106,12 @@ def save(name: str, path: str, uri: str | None = None, verbose: bool = False,
          after: str | None = None) -> dict:
     """``after``: "running" or "paused", recorded for a later restore (virsh save
     --running/--paused); None leaves the choice to the restore."""
+    from lxc_cr.locking import container_lock
+    with container_lock("libvirt", name, "save"):
+        return _save(name, path, uri, verbose, after)
+
+
+def _save(name, path, uri, verbose, after) -> dict:
     from lxc_cr.dump import dump_tree
     from lxc_cr.kernel.cgroup import Freezer
     from lxc_cr.runtime.records import RESTORE_STATE, SOURCE_CONFIG
@@ -196,14 +202,20 @@ def restore(path: str, uri: str | None = None, paused: bool = False,
             running: bool = False) -> dict:
     """``paused``/``running`` override the state recorded by ``save --paused/--running``."""
     from lxc_cr.image.reader import ImageReader
-    from lxc_cr.kernel.ptrace import O_EXITKILL, Tracee
-    from lxc_cr.restore import restore_tree
-    libvirt = _libvirt()
+    from lxc_cr.locking import container_lock
     if not os.path.exists(path):
         raise VirshBadInput(f"{path}: No such file or directory")
     with ImageReader(path) as r:
         r.verify()
     name, xml = image_xml(path)
+    with container_lock("libvirt", name, "restore"):
+        return _restore(path, uri, paused, running, name, xml)
+
+
+def _restore(path, uri, paused, running, name, xml) -> dict:
+    from lxc_cr.kernel.ptrace import O_EXITKILL, Tracee
+    from lxc_cr.restore import restore_tree
+    libvirt = _libvirt()
     conn = connect(uri)
     try:
         dom = conn.lookupByName(name)

@@ -61,6 +61,12 @@ def socket_path(name: str) -> str:
 
 def checkpoint(name: str, directory: str, stop: bool = False, lxcpath: str | None = None,
                verbose: bool = False, compress: str | None = None) -> dict:
+    from lxc_cr.locking import container_lock
+    with container_lock("lxc", name, "checkpoint"):
+        return _checkpoint(name, directory, stop, lxcpath, verbose, compress)
+
+
+def _checkpoint(name, directory, stop, lxcpath, verbose, compress) -> dict:
     from lxc_cr.dump import dump_tree
     from lxc_cr.kernel.cgroup import Freezer
     from lxc_cr.runtime.records import SOURCE_CONFIG
@@ -98,6 +104,12 @@ def _copy_config(config: str, directory: str) -> None:
 # --- restore ------------------------------------------------------------------------------
 
 def restore(name: str, directory: str, lxcpath: str | None = None, verbose: bool = False) -> dict:
+    from lxc_cr.locking import container_lock
+    with container_lock("lxc", name, "restore"):
+        return _restore(name, directory, lxcpath, verbose)
+
+
+def _restore(name, directory, lxcpath, verbose) -> dict:
     from lxc_cr.image.reader import ImageReader
     from lxc_cr.restore import restore_tree
     c = container(name, lxcpath)

@@ -170,3 +170,26 @@ def test_lxc_unsupported_resource_refused(lxc_container, cc, tmp_path):
     assert ct.state() == "RUNNING"
     c0 = counter(ct)
     wait_for(lambda: counter(ct) > c0, what="the container to keep running")
+
+
+def test_second_operation_on_a_container_refused(lxc_container, tmp_path):
+    """One operation per container: while a lock holder (another lxc-cr) runs, a second
+    checkpoint refuses at once, and the container is untouched."""
+    import fcntl
+    import os
+    ct = counter_container(lxc_container, "lock")
+    lockdir = Path("/run/lxc-cr/lock")
+    lockdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lockdir / f"lxc-{ct.name}", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.pwrite(fd, b"pid 1234: checkpoint\n", 0)
+        r = run(VENV_BIN / "lxc-cr", "lxc", "checkpoint", ct.name, tmp_path / "d", "-P", ct.lxcpath)
+        assert r.returncode == 1
+        assert "another lxc-cr operation is in progress" in r.stderr and "pid 1234" in r.stderr
+        assert r.stderr.count("\n") == 1
+    finally:
+        os.close(fd)
+    assert ct.state() == "RUNNING"
+    r = run(VENV_BIN / "lxc-cr", "lxc", "checkpoint", ct.name, tmp_path / "d", "-P", ct.lxcpath)
+    assert r.returncode == 0, r.stderr
