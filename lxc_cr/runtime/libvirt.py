@@ -65,7 +65,7 @@ def init_pid(name: str, uri: str | None = None) -> int:
     dom = lookup(connect(uri), name)
     if not dom.isActive():
         raise VirshError(f"Requested operation is not valid: domain '{name}' is not running")
-    return _status_init_pid(name)
+    return _status_init_pid(name, timeout=10)
 
 
 def _status_init_pid(name: str, timeout: float = 0.0) -> int:
@@ -119,7 +119,7 @@ def _save(name, path, uri, verbose, after) -> dict:
     dom = lookup(conn, name)
     if not dom.isActive():
         raise VirshError(f"Requested operation is not valid: domain '{name}' is not running")
-    pid = _status_init_pid(name)
+    pid = _status_init_pid(name, timeout=10)   # libvirt fills it in just after a start
     extra = [(RESTORE_STATE, dict(state=after))] if after else []
     xml = dom.XMLDesc(0)
     progress = _progress_printer() if verbose else None
