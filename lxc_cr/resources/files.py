@@ -76,6 +76,29 @@ class FdDesc:
     sock: tuple = ()             # (family, type, protocol) of a socket
 
 
+def read_contents(host_pid: int, fd: int, extra=None) -> tuple[list[bytes], object]:
+    """The whole contents of a task's file through /proc/PID/fd/N (a fresh open of the same
+    inode, so the task's offset is untouched), in chunks for ImageWriter.write_block, with
+    its fstat; ``extra(fd)`` is called on the open file, e.g. to read memfd seals."""
+    src = f"/proc/{host_pid}/fd/{fd}"
+    try:
+        mine = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise KernelError(f"open({src})", e.errno, pid=host_pid) from None
+    try:
+        st = os.fstat(mine)
+        chunks, off = [], 0
+        while off < st.st_size:
+            b = os.pread(mine, min(1 << 24, st.st_size - off), off)
+            if not b:
+                break
+            chunks.append(b)
+            off += len(b)
+        return chunks, (st, extra(mine) if extra else None)
+    finally:
+        os.close(mine)
+
+
 def getfd(host_pid: int, fd: int) -> int:
     """A copy of fd ``fd`` of ``host_pid`` in this process (same open file description)."""
     pidfd = os.pidfd_open(host_pid)

@@ -16,7 +16,7 @@ import os
 
 import construct as cs
 
-from lxc_cr.errors import KernelError, RestoreFailed
+from lxc_cr.errors import RestoreFailed
 from lxc_cr.image.kinds import record_kind
 from lxc_cr.resources.records_common import BlockRef, Str
 
@@ -50,26 +50,11 @@ def dump(ctx, task, d, file_id) -> None:
     key = (d.dev, d.ino)
     if key not in ids:
         ids[key] = len(ids) + 1
-        src = f"/proc/{task.host_pid}/fd/{d.fd}"
-        try:
-            fd = os.open(src, os.O_RDONLY | O_CLOEXEC)
-        except OSError as e:
-            raise KernelError(f"open({src})", e.errno, pid=task.host_pid) from None
-        try:
-            st = os.fstat(fd)
-            chunks, off = [], 0
-            while off < st.st_size:
-                b = os.pread(fd, min(1 << 24, st.st_size - off), off)
-                if not b:
-                    break
-                chunks.append(b)
-                off += len(b)
-        finally:
-            os.close(fd)
+        chunks, (st, _) = files.read_contents(task.host_pid, d.fd)
         ref = ctx.writer.write_block(chunks)
         ctx.writer.add(GHOST, dict(ghost_id=ids[key], dev=d.dev, ino=d.ino,
                                    path=_path(d.target), mode=st.st_mode, uid=st.st_uid,
-                                   gid=st.st_gid, size=off, block=ref))
+                                   gid=st.st_gid, size=sum(map(len, chunks)), block=ref))
     if files.once(ctx, "ghost_fd", file_id):
         ctx.writer.add(GHOST_FD, dict(file_id=file_id, ghost_id=ids[key]))
 

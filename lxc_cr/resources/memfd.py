@@ -16,7 +16,7 @@ import os
 
 import construct as cs
 
-from lxc_cr.errors import KernelError, Unsupported
+from lxc_cr.errors import Unsupported
 from lxc_cr.image.kinds import record_kind
 from lxc_cr.resources.records_common import BlockRef, Str
 
@@ -58,23 +58,9 @@ def dump(ctx, task, d, file_id) -> None:
     ids = ctx.__dict__.setdefault("_memfd_ids", {})
     if d.ino not in ids:
         ids[d.ino] = len(ids) + 1
-        src = f"/proc/{task.host_pid}/fd/{d.fd}"
-        try:
-            fd = os.open(src, os.O_RDONLY | O_CLOEXEC)
-        except OSError as e:
-            raise KernelError(f"open({src})", e.errno, pid=task.host_pid) from None
-        try:
-            size = os.fstat(fd).st_size
-            seals = fcntl.fcntl(fd, F_GET_SEALS)
-            chunks, off = [], 0
-            while off < size:
-                b = os.pread(fd, min(1 << 24, size - off), off)
-                if not b:
-                    break
-                chunks.append(b)
-                off += len(b)
-        finally:
-            os.close(fd)
+        chunks, (st, seals) = files.read_contents(
+            task.host_pid, d.fd, extra=lambda f: fcntl.fcntl(f, F_GET_SEALS))
+        size = st.st_size
         ctx.writer.add(MEMFD, dict(memfd_id=ids[d.ino], ino=d.ino, name=_name(d.target),
                                    size=size, seals=seals, block=ctx.writer.write_block(chunks)))
     if files.once(ctx, "memfd_fd", file_id):
