@@ -1,7 +1,8 @@
-/* A counter holding a socketpair, which lxc-cr does not support.
+/* A counter holding two sockets of a kind lxc-cr does not support (netlink; this was a
+ * socketpair until socketpairs became supported, hence the name).
  *
  * usage: wl_sockpair STATE [child]
- * Creates socketpair(AF_UNIX, SOCK_STREAM) and keeps both ends open (with "child", a forked
+ * Creates two AF_NETLINK/NETLINK_ROUTE sockets and keeps them open (with "child", a forked
  * child creates and holds it and the root holds none).  The holder, every 2 ms, increments
  * its counter and rewrites STATE (in place, see put_state) with  boot= counter= fd0= fd1= .
  * With "child" the root just sleeps in a loop.
@@ -58,7 +59,9 @@ static void hold(const char *path)
 
 	if (getrandom(&boot, sizeof boot, 0) != sizeof boot)
 		_exit(3);
-	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv))
+	sv[0] = socket(AF_NETLINK, SOCK_RAW, 0 /* NETLINK_ROUTE */);
+	sv[1] = socket(AF_NETLINK, SOCK_RAW, 0);
+	if (sv[0] < 0 || sv[1] < 0)
 		_exit(4);
 	for (;;) {
 		counter++;
