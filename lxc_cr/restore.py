@@ -149,15 +149,15 @@ def _build(ctx: RestoreCtx, takeover=None):
     if takeover is None:
         init_pid, init = _start_init(ctx)
     else:
+        if root.pid != 1:
+            raise RestoreFailed(f"{ctx.path}: the recorded root is pid {root.pid}, not a "
+                                f"container's init")
         init_pid = takeover()
         ctx.created.append(init_pid)
         init = _adopt_init(ctx, init_pid)
         from lxc_cr.resources import namespaces
         kinds = namespaces.own_set(ctx.records) & {"uts", "ipc", "net"}
         namespaces.setup_existing(init_pid, ctx.records, ctx.reader, kinds)
-        if root.pid != 1:
-            raise RestoreFailed(f"{ctx.path}: the recorded root is pid {root.pid}, not the "
-                                f"container's init")
     lives: list[Live] = []
     try:
         _setup_scratch(ctx, init, tasks)
