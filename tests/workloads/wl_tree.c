@@ -45,31 +45,7 @@ static void write_file(const char *name, const char *buf, int n)
 		close(fd);
 }
 
-/* The state file is opened once and rewritten in place with pwrite: 4096 bytes, "seq=K" first
- * and "end=K" last, padded with newlines; a reader that sees seq != end caught it mid-write and
- * reads again.  It is never renamed or removed, so an image holding it open restores even
- * after the program ran on (a tmp+rename scheme would leave the image a vanished path). */
-static int state_fd = -1;
-static unsigned long long state_seq;
-
-static void put_state(const char *path, const char *body)
-{
-	char buf[4096];
-	int n;
-
-	if (state_fd < 0)
-		state_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-	if (state_fd < 0)
-		return;
-	state_seq++;
-	memset(buf, '\n', sizeof buf);
-	n = snprintf(buf, sizeof buf, "seq=%llu\n%send=%llu\n", state_seq, body, state_seq);
-	if (n <= 0 || n >= (int)sizeof buf)
-		return;
-	buf[n] = '\n';
-	if (pwrite(state_fd, buf, sizeof buf, 0) < 0)
-		return;			/* nothing better to do: the reader waits for the next */
-}
+#include "wl_state.h"
 
 static void nap_ms(long ms)
 {
