@@ -3,37 +3,15 @@
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 
-from treeutil import (UNSUPPORTED_RE, assert_one_error_line, assert_running_untraced, build,
-                      harness_fixture, read_state, state_int, status, tids, tree_pids,
-                      wait_changed)
+from treeutil import (UNSUPPORTED_RE, Watcher, assert_one_error_line, assert_running_untraced, build,
+                      harness_fixture, read_state, state_int, wait_changed)
 
 pytestmark = pytest.mark.integration
 
 tree = harness_fixture()
-
-
-class Watcher(threading.Thread):
-    """Samples TracerPid and the state letter of every thread while the dump runs."""
-
-    def __init__(self, root):
-        super().__init__(daemon=True)
-        self.root, self.stop, self.seen, self.samples = root, threading.Event(), [], 0
-
-    def run(self):
-        while not self.stop.is_set():
-            for h in tree_pids(self.root):
-                for t in tids(h):
-                    try:
-                        st = status(h, t)
-                    except FileNotFoundError:
-                        continue
-                    if st["TracerPid"] != "0" or st["State"][0] in "tT":
-                        self.seen.append(f"pid {h} tid {t}: {st['State']} {st['TracerPid']}")
-            self.samples += 1
 
 
 def test_io_uring_refused_before_freezing(tree):

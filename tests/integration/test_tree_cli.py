@@ -5,13 +5,12 @@
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
 
-from treeutil import (UNSUPPORTED_RE, assert_one_error_line, assert_running_untraced, build,
+from treeutil import (Watcher, UNSUPPORTED_RE, assert_one_error_line, assert_running_untraced, build,
                       descendants_of_me, fd_targets, harness_fixture, idents, read_state,
-                      snapshot, state_int, status, tids, tree_pids, wait_changed)
+                      snapshot, state_int, tree_pids, wait_changed)
 
 pytestmark = pytest.mark.integration
 
@@ -55,30 +54,6 @@ def test_restore_of_missing_file_exits_2(tree):
     res = tree.cli("tree", "restore", d / "nothing.img")
     assert res.rc == 2, res.describe()
     assert_one_error_line(res)
-
-
-class Watcher(threading.Thread):
-    """Samples State and TracerPid of every thread of the tree while a command runs."""
-
-    def __init__(self, root: int):
-        super().__init__(daemon=True)
-        self.root = root
-        self.stop = threading.Event()
-        self.seen: list[str] = []
-        self.samples = 0
-
-    def run(self):
-        while not self.stop.is_set():
-            for h in tree_pids(self.root):
-                for t in tids(h):
-                    try:
-                        st = status(h, t)
-                    except FileNotFoundError:
-                        continue
-                    if st["TracerPid"] != "0" or st["State"][0] in "tT":
-                        self.seen.append(f"pid {h} tid {t}: {st['State']} "
-                                         f"TracerPid {st['TracerPid']}")
-            self.samples += 1
 
 
 @pytest.mark.parametrize("holder", ["root", "child"])

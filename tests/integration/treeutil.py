@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -629,3 +630,27 @@ def assert_continued(before: dict, after: dict, key: str = "counter", what: str 
         f"started again instead of continuing")
     assert int(after[key]) > int(before[key]), (
         f"{what}: {key} did not continue: {before[key]} before the dump, {after[key]} after")
+
+
+class Watcher(threading.Thread):
+    """Samples State and TracerPid of every thread of the tree while a command runs."""
+
+    def __init__(self, root: int):
+        super().__init__(daemon=True)
+        self.root = root
+        self.stop = threading.Event()
+        self.seen: list[str] = []
+        self.samples = 0
+
+    def run(self):
+        while not self.stop.is_set():
+            for h in tree_pids(self.root):
+                for t in tids(h):
+                    try:
+                        st = status(h, t)
+                    except FileNotFoundError:
+                        continue
+                    if st["TracerPid"] != "0" or st["State"][0] in "tT":
+                        self.seen.append(f"pid {h} tid {t}: {st['State']} "
+                                         f"TracerPid {st['TracerPid']}")
+            self.samples += 1

@@ -22,24 +22,6 @@
 
 #include "wl_state.h"
 
-static void write_state(const char *path, const char *fmt, ...)
-{
-	char body[3800];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(body, sizeof body, fmt, ap);
-	va_end(ap);
-	put_state(path, body);
-}
-
-static void nap_ms(long ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
-}
-
 int main(int argc, char **argv)
 {
 	uint64_t boot = 0, counter = 0;

@@ -36,13 +36,6 @@ static const char *dir;
 
 #include "wl_state.h"
 
-static void nap_ms(long ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
-}
-
 static void loop(const char *role, const char *error)
 {
 	uint64_t boot = 0, counter = 0;

@@ -32,24 +32,6 @@ static uint64_t mix(uint64_t z)
 
 #include "wl_state.h"
 
-static void write_state(const char *path, const char *fmt, ...)
-{
-	char body[3800];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(body, sizeof body, fmt, ap);
-	va_end(ap);
-	put_state(path, body);
-}
-
-static void nap_ms(long ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
-}
-
 static uint64_t checksum(const uint64_t *w, size_t n)
 {
 	uint64_t h = 0xcbf29ce484222325ULL;

@@ -18,13 +18,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static void nap_ms(long ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
-}
-
 #include "wl_state.h"
 
 static void hold(const char *path)

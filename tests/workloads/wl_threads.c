@@ -33,13 +33,6 @@ static struct { uint64_t count, bad; int tid; } slot[MAXT];
 
 #include "wl_state.h"
 
-static void nap_ms(long ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
-}
-
 static uint64_t canary_of(int i) { return 0xC0FFEE0000000000ULL + (uint64_t)i * 0x1111; }
 
 static void *worker(void *arg)

@@ -47,13 +47,6 @@ static void write_file(const char *name, const char *buf, int n)
 
 #include "wl_state.h"
 
-static void nap_ms(long ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
-}
-
 static int exists(const char *name)
 {
 	char path[4096];
