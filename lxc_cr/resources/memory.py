@@ -2,9 +2,10 @@
 
 Dump (kernel-facts "Memory"):
   * ``/proc/PID/maps`` lines ``start-end perms offset major:minor inode path``;
-  * ``/proc/PID/pagemap``, 8 bytes per page: bit 63 present, 62 swapped, 61 file-page or
-    shared-anon.  Private anonymous memory: present or swapped pages.  Private file
-    mappings: only the task's own copies (bit 61 clear).  Shared file mappings: nothing.
+  * pages selected with the PAGEMAP_SCAN ioctl (kernel/pagemap.py; /proc/PID/pagemap on
+    older kernels): private anonymous memory: present or swapped pages, except the shared
+    zero page.  Private file mappings: only the task's own copies (not file pages).
+    Shared file mappings: nothing.
   * shared anonymous memory (``/dev/zero (deleted)``, ``/memfd:...``) is one object per
     inode, read once through ``/proc/PID/map_files/START-END`` with SEEK_DATA/SEEK_HOLE;
   * pages are read with large preadv on ``/proc/PID/mem`` in runs of adjacent pages;
@@ -18,12 +19,12 @@ write the dumped pages with pwritev on ``/proc/PID/mem``, then PR_SET_MM_MAP.
 
 from __future__ import annotations
 
-import array
 import hashlib
 import os
 import struct
 
 from lxc_cr.errors import IncompatibleImage, RestoreFailed, Unsupported
+from lxc_cr.kernel import pagemap
 from lxc_cr.resources.memory_records import MM, PAGES, SHMEM, VMA
 
 PAGE = 4096
@@ -36,7 +37,6 @@ O_RDONLY, O_RDWR, O_CLOEXEC = 0, 2, 0o2000000
 AT_FDCWD = -100
 SHM_RDONLY, SHM_REMAP, SHM_EXEC = 0o10000, 0o40000, 0o100000
 
-PM_PRESENT, PM_SWAP, PM_FILE = 1 << 63, 1 << 62, 1 << 61
 SPECIAL = {"[vdso]": "vdso", "[vvar]": "vvar", "[vvar_vclock]": "vvar_vclock"}
 # VmFlags (smaps) tokens kept in the vma record's ``madv`` bits, and how to restore them.
 MADV_BITS = {"gd": 1, "dc": 2, "wf": 4, "hg": 8, "nh": 16, "dd": 32, "mg": 64}
@@ -96,29 +96,6 @@ def vdso_fingerprint(mem_fd: int, maps, pid: int) -> tuple[int, bytes]:
 
 
 # --- dump ---------------------------------------------------------------------------------
-
-def _runs(entries: array.array, want) -> list[tuple[int, int]]:
-    """[(first page index, count)] of adjacent entries for which want(entry) is true."""
-    runs = []
-    start = None
-    for i, e in enumerate(entries):
-        if want(e):
-            if start is None:
-                start = i
-        elif start is not None:
-            runs.append((start, i - start))
-            start = None
-    if start is not None:
-        runs.append((start, len(entries) - start))
-    return runs
-
-
-def _read_pagemap(pagemap_fd: int, start: int, end: int) -> array.array:
-    n = (end - start) // PAGE
-    a = array.array("Q")
-    a.frombytes(os.pread(pagemap_fd, n * 8, (start // PAGE) * 8))
-    return a
-
 
 def _dump_runs(writer, mem_fd, pid, shmem_id, base, runs, record_base=None):
     """Read each run of pages from mem_fd (at base + page*4096) and write PAGES records."""
@@ -183,15 +160,11 @@ def dump(ctx, task, remote) -> None:
                                      shared=m.shared, kind=kind, pgoff=m.pgoff, dev=dev,
                                      ino=ino, size=size, mtime_ns=mtime, shmem_id=shmem_id,
                                      madv=madv, path=m.path))
-            if kind in ("anon", "heap", "stack"):
-                want = lambda e: e & (PM_PRESENT | PM_SWAP)
-            elif kind == "file_private":
-                want = lambda e: (e & (PM_PRESENT | PM_SWAP)) and not e & PM_FILE
-            else:
+            if kind not in ("anon", "heap", "stack", "file_private"):
                 continue
-            entries = _read_pagemap(pagemap_fd, m.start, m.end)
-            runs = _runs(entries, want)
-            ctx.stats["pages_scanned"] += len(entries)
+            runs, scanned = pagemap.data_runs(pagemap_fd, m.start, m.end,
+                                              private_file=kind == "file_private")
+            ctx.stats["pages_scanned"] += scanned
             ctx.stats["pages_written"] += sum(c for _, c in runs)
             _dump_runs(ctx.writer, task.mem_fd, pid, 0, m.start, runs)
     finally:
