@@ -341,6 +341,42 @@ def fdinfo_fields(line: str) -> dict[str, str]:
     return dict(_KV.findall(line))
 
 
+@dataclass(frozen=True)
+class InotifyWatch:
+    wd: int
+    ino: int
+    sdev: int           # the superblock's kernel dev_t: major << 20 | minor
+    mask: int
+    ignored_mask: int
+    handle_type: int    # -1 when the line has no file handle
+    handle: bytes
+
+    @property
+    def dev(self) -> tuple[int, int]:
+        """(major, minor) of ``sdev``, as /proc/PID/mountinfo writes them."""
+        return self.sdev >> 20, self.sdev & 0xFFFFF
+
+
+def parse_inotify_watch(line: str) -> InotifyWatch:
+    """One watch line of an inotify fd's fdinfo (fs/notify/fdinfo.c inotify_fdinfo)::
+
+        "inotify wd:%x ino:%lx sdev:%x mask:%x ignored_mask:%x "
+        "fhandle-bytes:%x fhandle-type:%x f_handle:%s"     (hex bytes; absent without one)
+
+    Every number is hex, wd too."""
+    f = fdinfo_fields(line)
+    try:
+        handle = bytes.fromhex(f.get("f_handle", ""))
+        if "fhandle-bytes" in f and int(f["fhandle-bytes"], 16) != len(handle):
+            raise ValueError(f"inotify: f_handle is not {f['fhandle-bytes']} bytes in {line!r}")
+        return InotifyWatch(wd=int(f["wd"], 16), ino=int(f["ino"], 16), sdev=int(f["sdev"], 16),
+                            mask=int(f["mask"], 16), ignored_mask=int(f.get("ignored_mask", "0"), 16),
+                            handle_type=int(f["fhandle-type"], 16) if "fhandle-type" in f else -1,
+                            handle=handle)
+    except KeyError as e:
+        raise ValueError(f"inotify: no {e.args[0]} in {line!r}") from None
+
+
 # --- /proc/PID/mountinfo -------------------------------------------------------------------
 
 @dataclass(frozen=True)

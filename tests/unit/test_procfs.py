@@ -24,8 +24,8 @@ from lxc_cr.kernel import procfs
 from lxc_cr.kernel._syscalls_x86_64 import NAMES, SYSCALLS
 from lxc_cr.kernel.procfs import (
     PF_KTHREAD, UNLIMITED, Proc, fdinfo_fields, is_zombie, parse_auxv, parse_creds,
-    parse_fd_link, parse_fdinfo, parse_limits, parse_maps, parse_mountinfo, parse_ns_link,
-    parse_stat, parse_status, parse_timers)
+    parse_fd_link, parse_fdinfo, parse_inotify_watch, parse_limits, parse_maps,
+    parse_mountinfo, parse_ns_link, parse_stat, parse_status, parse_timers)
 
 pytestmark = pytest.mark.unit
 
@@ -166,6 +166,23 @@ def test_fd_links_and_fdinfo(tree, tmpdir_of_fixture):
     assert info[9].extra["clockid"] == "1" and info[9].extra["it_interval"] == "(1, 0)"
     assert "settime flags" in info[9].extra
     assert int(info[10].extra["sigmask"], 16) == 1 << 9 | 1 << 11   # SIGUSR1, SIGUSR2
+
+
+def test_inotify_watch_lines(tree):
+    """The fixture watches argv[1] (ext4, IN_CREATE|IN_DELETE) and a tmpfs (IN_MODIFY)."""
+    lines = tree.fdinfo(FIX, 8).extra["inotify"]
+    w = {x.wd: x for x in map(parse_inotify_watch, lines)}
+    assert set(w) == {1, 2}
+    assert w[1].mask == 0x100 | 0x200 and w[2].mask == 0x2
+    mounts = {(m.major, m.minor): m for m in tree.mountinfo(FIX)}
+    assert mounts[w[2].dev].fstype == "tmpfs" and mounts[w[1].dev].mount_point == "/"
+    assert (w[1].handle_type, len(w[1].handle)) == (1, 8) and w[2].ino == 1
+    bare = parse_inotify_watch("inotify wd:1a ino:5 sdev:800001 mask:8000100 ignored_mask:0")
+    assert (bare.wd, bare.dev, bare.handle_type, bare.handle) == (0x1a, (8, 1), -1, b"")
+    with pytest.raises(ValueError):
+        parse_inotify_watch("inotify ino:5 sdev:1 mask:2")
+    with pytest.raises(ValueError):
+        parse_inotify_watch("inotify wd:1 ino:5 sdev:1 mask:2 fhandle-bytes:8 f_handle:00")
 
 
 def test_mountinfo_escapes(tree, tmpdir_of_fixture):
