@@ -24,6 +24,7 @@ import os
 import struct
 
 from lxc_cr.errors import IncompatibleImage, RestoreFailed, Unsupported
+from lxc_cr import progress
 from lxc_cr.kernel import pagemap
 from lxc_cr.resources.memory_records import MM, PAGES, SHMEM, VMA
 
@@ -98,22 +99,94 @@ def vdso_fingerprint(mem_fd: int, maps, pid: int) -> tuple[int, bytes]:
 # --- dump ---------------------------------------------------------------------------------
 
 def _dump_runs(writer, mem_fd, pid, shmem_id, base, runs, record_base=None):
-    """Read each run of pages from mem_fd (at base + page*4096) and write PAGES records."""
+    """Read each run of pages from mem_fd (at base + page*4096) and write PAGES records.
+    Runs are cut into pieces of at most MAX_RUN bytes (see _pipelined)."""
     rb = base if record_base is None else record_base
+    pieces = []
     for first, count in runs:
         while count:
             n = min(count, MAX_RUN // PAGE)
-            buf = bytearray(n * PAGE)
-            got = os.preadv(mem_fd, [buf], base + first * PAGE)
-            if got != len(buf):
-                raise RestoreFailed(f"pid {pid}: short read of {len(buf)} bytes at "
-                                    f"{base + first * PAGE:#x}", pid=pid)
-            ref = writer.write_block(buf)
-            writer.add(PAGES, dict(pid=pid, shmem_id=shmem_id, vaddr=rb + first * PAGE,
-                                   npages=n, block=ref))
+            pieces.append((first, n))
             first += n
             count -= n
-    return
+
+    def read(piece, view):
+        first, _n = piece
+        got = os.preadv(mem_fd, [view], base + first * PAGE)
+        if got != len(view):
+            raise RestoreFailed(f"pid {pid}: short read of {len(view)} bytes at "
+                                f"{base + first * PAGE:#x}", pid=pid)
+
+    def write(piece, view):
+        first, n = piece
+        ref = writer.write_block(view)
+        writer.add(PAGES, dict(pid=pid, shmem_id=shmem_id, vaddr=rb + first * PAGE,
+                               npages=n, block=ref))
+
+    _pipelined(pieces, [n * PAGE for _, n in pieces], read, write)
+
+
+def _pipelined(items, sizes, read, write) -> None:
+    """read(item, view) then write(item, view) for every item, in order.  Reading the next
+    item (preadv on /proc/PID/mem, or on the image) overlaps writing the current one
+    (crc32 + pwritev): both release the GIL.  Two buffers are reused for the whole run, so
+    nothing is allocated or zeroed per item and there is no per-page Python work.  Without
+    a reader thread (see start_reader) the same work runs in turn."""
+    if not items:
+        return
+    bufs = _buffers(max(sizes))
+    views = [bufs[i % 2][:size] for i, size in enumerate(sizes)]
+    pool = _reader_pool()
+    if pool is None:
+        for item, view in zip(items, views):
+            read(item, view)
+            write(item, view)
+            progress.advance(len(view))
+        return
+    pending = pool.submit(read, items[0], views[0])
+    for i, item in enumerate(items):
+        pending.result()
+        if i + 1 < len(items):
+            pending = pool.submit(read, items[i + 1], views[i + 1])
+        try:
+            write(item, views[i])
+        except BaseException:
+            if i + 1 < len(items):
+                pending.exception()          # let the read in flight finish first
+            raise
+        progress.advance(len(views[i]))
+
+
+_pool = None
+_bufs: list[memoryview] = []
+
+
+def _reader_pool():
+    """The reader thread, or None if no thread can be started: once the restorer has
+    unshared its pid namespace, clone(CLONE_THREAD) fails with EINVAL (pid_for_children
+    differs), so restore starts it first (start_reader)."""
+    global _pool
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lxc-cr-pages")
+        try:
+            pool.submit(int).result()        # start the thread now
+        except RuntimeError:
+            return None
+        _pool = pool
+    return _pool
+
+
+def start_reader() -> None:
+    _reader_pool()
+
+
+def _buffers(size: int) -> list[memoryview]:
+    """Two page buffers of at least ``size`` bytes, kept for the life of the process."""
+    global _bufs
+    if not _bufs or _bufs[0].nbytes < size:
+        _bufs = [memoryview(bytearray(size)), memoryview(bytearray(size))]
+    return _bufs
 
 
 def dump(ctx, task, remote) -> None:
@@ -285,17 +358,24 @@ def restore(ctx, task, remote) -> None:
                 except Exception:
                     pass
     # 4. the dumped pages
-    for p in ctx.by_pid("pages", pid):
-        if p.shmem_id:
-            continue
-        buf = bytearray(p.npages * PAGE)
-        ctx.reader.read_block_into(p.block, buf, check=False)
-        ctx.stats["pages_restored"] += p.npages
-        n = os.pwritev(task.mem_fd, [buf], p.vaddr)
-        if n != len(buf):
-            raise RestoreFailed(f"pid {pid}: short write of pages at {p.vaddr:#x}", pid=pid)
+    _restore_pages(ctx, task, [p for p in ctx.by_pid("pages", pid) if not p.shmem_id])
     # 5. the mm fields
     _set_mm(ctx, remote, task, mm)
+
+
+def _restore_pages(ctx, task, pages) -> None:
+    """Write the dumped pages into the task through /proc/PID/mem; each block's crc32 is
+    checked as it is read from the image (see _pipelined)."""
+    def read(p, view):
+        ctx.reader.read_block_into(p.block, view, check=True)
+
+    def write(p, view):
+        if os.pwritev(task.mem_fd, [view], p.vaddr) != len(view):
+            raise RestoreFailed(f"pid {task.pid}: short write of pages at {p.vaddr:#x}",
+                                pid=task.pid)
+        ctx.stats["pages_restored"] += p.npages
+
+    _pipelined(pages, [p.npages * PAGE for p in pages], read, write)
 
 
 def _attach_sysv(remote, v, length) -> int:
