@@ -323,6 +323,8 @@ class ImageReader:
                     continue
                 seen[key] = ref
                 self._check_ref(ref)
+                if not blocks:
+                    continue
                 if ref["codec"] == F.CODEC_RAW:
                     self._stored_crc(ref)
                 else:
@@ -351,8 +353,6 @@ class ImageReader:
 
     def _check_ref(self, ref) -> None:
         off, length, stored, codec = ref["offset"], ref["length"], ref["stored"], ref["codec"]
-                if not blocks:
-                    continue
         if not (off or length or stored or codec or ref["crc32"]):
             return                  # the all-zero reference: an empty block, no bytes
         if codec not in F.CODECS:
