@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("dir", metavar="DIR")
     lr.add_argument("-P", "--lxcpath", default=None, help="LXC path")
     _add_common(lr)
+    # internal (not listed): spawned by hooks/lxc/start-host on a plain lxc-start
+    lrs = lsub.add_parser("resume")
+    lrs.add_argument("name", metavar="NAME")
+    lrs.add_argument("--takeover-pid", type=int, required=True, metavar="PID")
+    lrs.add_argument("--report-fd", type=int, default=None, metavar="FD")
+    lrs.add_argument("-P", "--lxcpath", default=None, help="LXC path")
+    _add_common(lrs)
 
     # --- virsh (libvirt LXC domains) ---------------------------------------------------------
     vs = sub.add_parser("virsh", help="virsh-style save/restore of libvirt LXC domains")
@@ -113,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     hk = sub.add_parser("hooks", help="install, remove or show lxc-cr's manager hooks")
     hk.add_argument("hooks_cmd", choices=["install", "uninstall", "status"], metavar="ACTION",
                     help="install | uninstall | status")
+    hk.add_argument("--container", action="append", metavar="NAME", default=None,
+                    help="only (un)register the LXC start-host hook of these containers "
+                         "(repeatable); default: every container, and the other hooks")
+    hk.add_argument("-P", "--lxcpath", default=None, help="LXC path of those containers")
     _add_common(hk)
 
     # --- inspect / check / convert ----------------------------------------------------------

@@ -3,8 +3,14 @@
 * libvirt: ``/etc/libvirt/hooks/lxc.d/lxc-cr`` (from hooks/libvirt/lxc-cr) refuses a plain
   ``virsh start`` of a domain that has an lxc-cr managed save, saying how to resume or
   discard it.  libvirtd reads lxc.d/ when it starts: restart libvirtd after installing.
-* LXC: nothing is written into container configs.  A restore passes its start-host hook
-  (hooks/lxc/start-host) on the lxc-start command line for that one start only.
+* LXC: the start-host hook (hooks/lxc/start-host) is registered in each container's own
+  config as one ``lxc.hook.start-host`` line between two marker comments, appended at the
+  end (LXC has no global config that every container reads, and the busybox template's
+  config includes nothing).  With it a plain ``lxc-start`` resumes a pending image
+  (lxc_cr/pending.py) when the policy's ``resume_on_start`` is true.  ``uninstall`` removes
+  exactly those lines, leaving the config byte for byte as it was.  ``--container NAME``
+  limits install/uninstall to those containers (and leaves the other hooks alone).  A
+  restore of an unregistered container passes the hook on the lxc-start command line.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import filecmp
 import os
 import shutil
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBVIRT_HOOK_DIR = "/etc/libvirt/hooks/lxc.d"
@@ -28,7 +35,123 @@ def _state(src: str, dst: str) -> str:
     return "installed" if filecmp.cmp(src, dst, shallow=False) else "installed (differs)"
 
 
-def install() -> list[str]:
+# --- the LXC start-host hook in container configs ------------------------------------------
+
+LXC_HOOK = os.path.join(REPO, "hooks", "lxc", "start-host")
+MARK_BEGIN = "# lxc-cr begin: added by `lxc-cr hooks install`, removed by `lxc-cr hooks uninstall`"
+MARK_EOL = " (newline added)"
+MARK_END = "# lxc-cr end"
+
+
+def _lxcpath(lxcpath: str | None) -> str:
+    if lxcpath:
+        return lxcpath
+    try:
+        import lxc
+        return lxc.default_config_path
+    except ImportError:
+        return "/var/lib/lxc"
+
+
+def _container_configs(names: list[str] | None, lxcpath: str | None) -> list[tuple[str, str]]:
+    """(name, config path) of the named containers, or of every container in LXCPATH."""
+    from lxc_cr.errors import UnknownTarget
+    base = _lxcpath(lxcpath)
+    if names is None:
+        try:
+            names = sorted(n for n in os.listdir(base)
+                           if os.path.isfile(os.path.join(base, n, "config")))
+        except FileNotFoundError:
+            names = []
+    out = []
+    for n in names:
+        cfg = os.path.join(base, n, "config")
+        if not os.path.isfile(cfg):
+            raise UnknownTarget(f"{n}: no such container in {base}")
+        out.append((n, cfg))
+    return out
+
+
+def _hook_block(text: str) -> str:
+    eol = "" if not text or text.endswith("\n") else "\n"
+    return (f"{eol}{MARK_BEGIN}{MARK_EOL if eol else ''}\n"
+            f"lxc.hook.start-host = {LXC_HOOK}\n{MARK_END}\n")
+
+
+def _strip_hook_block(text: str) -> str | None:
+    """TEXT without lxc-cr's block, or None if it has none."""
+    start = text.find(MARK_BEGIN)
+    if start < 0:
+        return None
+    end = text.find(MARK_END + "\n", start)
+    end = len(text) if end < 0 else end + len(MARK_END) + 1
+    line_end = text.find("\n", start)
+    if text[start:line_end].endswith(MARK_EOL) and start > 0 and text[start - 1] == "\n":
+        start -= 1
+    return text[:start] + text[end:]
+
+
+def _rewrite(path: str, text: str) -> None:
+    st = os.stat(path)
+    tmp = path + ".lxc-cr-tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, st.st_mode & 0o7777)
+    os.chown(tmp, st.st_uid, st.st_gid)
+    os.rename(tmp, path)
+
+
+def register_lxc(names: list[str] | None = None, lxcpath: str | None = None) -> list[str]:
+    out = []
+    for name, cfg in _container_configs(names, lxcpath):
+        with open(cfg) as f:
+            text = f.read()
+        if _strip_hook_block(text) is not None:
+            out.append(f"lxc start-host hook: {name}: already registered ({cfg})")
+            continue
+        _rewrite(cfg, text + _hook_block(text))
+        out.append(f"lxc start-host hook: {name}: registered ({cfg})")
+    return out
+
+
+def unregister_lxc(names: list[str] | None = None, lxcpath: str | None = None) -> list[str]:
+    out = []
+    for name, cfg in _container_configs(names, lxcpath):
+        with open(cfg) as f:
+            text = f.read()
+        stripped = _strip_hook_block(text)
+        if stripped is None:
+            out.append(f"lxc start-host hook: {name}: not registered")
+            continue
+        _rewrite(cfg, stripped)
+        out.append(f"lxc start-host hook: {name}: removed ({cfg})")
+    return out
+
+
+def status_lxc(lxcpath: str | None = None) -> list[str]:
+    from lxc_cr import pending
+    out = []
+    for name, cfg in _container_configs(None, lxcpath):
+        with open(cfg) as f:
+            registered = _strip_hook_block(f.read()) is not None
+        out.append(f"lxc start-host hook: {name}: "
+                   f"{'registered' if registered else 'not registered'}")
+    records = pending.all()
+    for r in records:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("created") or 0))
+        where = f" (lxcpath {r['lxcpath']})" if r.get("lxcpath") else ""
+        out.append(f"pending image: {r.get('kind')} {r.get('name')}{where}: {r['image']} "
+                   f"(since {when})")
+    if not records:
+        out.append(f"pending images: none ({pending.pending_dir()})")
+    return out
+
+
+def install(containers: list[str] | None = None, lxcpath: str | None = None) -> list[str]:
+    if containers is not None:
+        return register_lxc(containers, lxcpath)
     out = []
     for what, src, dst in INSTALLS:
         os.makedirs(os.path.dirname(dst), mode=0o755, exist_ok=True)
@@ -38,11 +161,13 @@ def install() -> list[str]:
         os.rename(tmp, dst)
         out.append(f"{what}: installed {dst}")
     out.append("libvirt reads its hooks when libvirtd starts: restart libvirtd to enable it")
-    return out
+    return out + register_lxc(None, lxcpath)
 
 
-def uninstall() -> list[str]:
-    out = []
+def uninstall(containers: list[str] | None = None, lxcpath: str | None = None) -> list[str]:
+    if containers is not None:
+        return unregister_lxc(containers, lxcpath)
+    out = unregister_lxc(None, lxcpath)
     for what, _src, dst in INSTALLS:
         try:
             os.unlink(dst)
@@ -52,15 +177,14 @@ def uninstall() -> list[str]:
     return out
 
 
-def status() -> list[str]:
+def status(containers: list[str] | None = None, lxcpath: str | None = None) -> list[str]:
     lines = [f"{what}: {_state(src, dst)} ({dst})" for what, src, dst in INSTALLS]
-    lines.append("lxc start-host hook: passed per restore on the lxc-start command line "
-                 f"({os.path.join(REPO, 'hooks', 'lxc', 'start-host')})")
-    return lines
+    return lines + status_lxc(lxcpath)
 
 
 def run(args) -> int:
-    lines = {"install": install, "uninstall": uninstall, "status": status}[args.hooks_cmd]()
+    action = {"install": install, "uninstall": uninstall, "status": status}[args.hooks_cmd]
+    lines = action(getattr(args, "container", None), getattr(args, "lxcpath", None))
     for line in lines:
         print(line)
     return 0

@@ -10,6 +10,15 @@ line only (the config file is never changed).  The hook hands the init's host pi
 (LXC_PID, not yet exec'd) to us over a unix socket; we PTRACE_SEIZE it with
 PTRACE_O_TRACEEXEC, let the hook return, and take the init over when it stops at its exec,
 before it runs one instruction of its own.  The recorded tree is then rebuilt inside.
+
+Resume on a plain ``lxc-start``: with the hook registered in the container's config
+(``lxc-cr hooks install``), a start with no restore waiting and a pending image (see
+lxc_cr/pending.py) makes the hook spawn ``lxc-cr lxc resume NAME --takeover-pid LXC_PID``
+(internal, detached); that process seizes the init the same way, tells the hook over a pipe,
+and rebuilds the pending image inside.  Both entry points share ``_seize_init`` /
+``_wait_exec`` / ``_rebuild``.  A resume that fails after the seize kills the container
+(the init dies with its tracer at the latest, PTRACE_O_EXITKILL) and leaves the image
+pending; the reason goes to /var/log/lxc-cr/lxc-NAME.log.
 """
 
 from __future__ import annotations
@@ -21,7 +30,8 @@ import socket
 import subprocess
 import time
 
-from lxc_cr.errors import OperationFailed, RestoreFailed, UnknownTarget
+from lxc_cr import pending
+from lxc_cr.errors import BadInput, OperationFailed, RestoreFailed, UnknownTarget
 
 IMAGE_NAME = "lxc-cr.img"
 RUN_DIR = "/run/lxc-cr"
@@ -57,6 +67,18 @@ def socket_path(name: str) -> str:
     return f"{RUN_DIR}/restore-{name}.sock"
 
 
+def hook_registered(c) -> bool:
+    """Is lxc-cr's start-host hook in the container's own config (``hooks install``)?"""
+    try:
+        hooks = c.get_config_item("lxc.hook.start-host") or []
+    except KeyError:
+        return False
+    if isinstance(hooks, str):
+        hooks = [hooks]
+    real = os.path.realpath(HOOK)
+    return any(os.path.realpath(h.split()[0]) == real for h in hooks if h.strip())
+
+
 # --- checkpoint ---------------------------------------------------------------------------
 
 def checkpoint(name: str, directory: str, stop: bool = False, lxcpath: str | None = None,
@@ -85,6 +107,7 @@ def _checkpoint(name, directory, stop, lxcpath, verbose, compress) -> dict:
                                                            config=config))])
     _copy_config(config, directory)
     if stop:
+        pending.mark("lxc", name, directory, lxcpath)
         if not c.wait("STOPPED", 30):
             raise OperationFailed(f"{name}: checkpointed, but LXC did not report STOPPED")
     if verbose:
@@ -110,18 +133,10 @@ def restore(name: str, directory: str, lxcpath: str | None = None, verbose: bool
 
 
 def _restore(name, directory, lxcpath, verbose) -> dict:
-    from lxc_cr.image.reader import ImageReader
-    from lxc_cr.restore import restore_tree
     c = container(name, lxcpath)
     if c.running:
         raise OperationFailed(f"{name}: container is running; stop it before restoring")
-    image = os.path.join(directory, IMAGE_NAME)
-    if not os.path.exists(image):
-        raise UnknownTarget(f"{image}: no checkpoint image")
-    with ImageReader(image) as r:
-        if str(r.header.source_kind) != "lxc":
-            raise UnknownTarget(f"{image}: not an LXC checkpoint "
-                                f"(source {r.header.source_kind})")
+    image = _lxc_image(directory)
     os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
     path = socket_path(name)
     try:
@@ -134,46 +149,67 @@ def _restore(name, directory, lxcpath, verbose) -> dict:
     starter = {}
 
     def takeover() -> int:
-        cmd = ["lxc-start", "-n", name, "-d", "-s", f"lxc.hook.start-host={HOOK}"]
+        cmd = ["lxc-start", "-n", name, "-d"]
+        if not hook_registered(c):      # else LXC would run it twice
+            cmd += ["-s", f"lxc.hook.start-host={HOOK}"]
         if lxcpath:
             cmd[1:1] = ["-P", lxcpath]
         starter["proc"] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        return _accept_init(listener, starter["proc"], name)
+        return _wait_exec(_accept_init(listener, starter["proc"], name), name)
 
     try:
-        stats = restore_tree(image, takeover=takeover)
-    except BaseException:
-        p = starter.get("proc")
-        if p is not None:
-            _reap_starter(p)
-        _stop_quiet(c)
-        raise
+        stats = _rebuild(c, name, image, lxcpath, takeover)
     finally:
         listener.close()
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
-    _reap_starter(starter["proc"])
-    if not c.wait("RUNNING", 30):
-        raise RestoreFailed(f"{name}: restored, but LXC does not report RUNNING")
+        if "proc" in starter:
+            _reap_starter(starter["proc"])
     if verbose:
         print(f"{name}: restored from {image}, init pid {c.init_pid}")
     return stats
 
 
-def _accept_init(listener, proc, name: str, timeout: float = 60.0) -> int:
-    """Wait for the start-host hook, seize the init it names, wait for its exec stop."""
-    from lxc_cr.kernel.ptrace import (EVENT_EXEC, O_EXITKILL, O_TRACEEXEC, O_TRACESYSGOOD,
-                                      PTRACE_CONT, PTRACE_SYSCALL, Tracee)
+def _lxc_image(directory: str) -> str:
+    from lxc_cr.image.reader import ImageReader
+    image = os.path.join(directory, IMAGE_NAME)
+    if not os.path.exists(image):
+        raise UnknownTarget(f"{image}: no checkpoint image")
+    with ImageReader(image) as r:
+        if str(r.header.source_kind) != "lxc":
+            raise UnknownTarget(f"{image}: not an LXC checkpoint "
+                                f"(source {r.header.source_kind})")
+    return image
+
+
+def _rebuild(c, name: str, image: str, lxcpath: str | None, takeover) -> dict:
+    """The one takeover path of both entry points: rebuild IMAGE into the init that
+    ``takeover()`` returns (seized, stopped at the exit of its execve); on failure the
+    container is stopped, so it is never left half-built.  Consumes the pending image."""
+    from lxc_cr.restore import restore_tree
+    try:
+        stats = restore_tree(image, takeover=takeover)
+    except BaseException:
+        _stop_quiet(c)
+        raise
+    if not c.wait("RUNNING", 30):
+        raise RestoreFailed(f"{name}: restored, but LXC does not report RUNNING")
+    pending.consume("lxc", name, lxcpath)
+    return stats
+
+
+def _accept_init(listener, proc, name: str, timeout: float = 60.0):
+    """Wait for the start-host hook and seize the init it names (returns the Tracee)."""
     listener.settimeout(0.2)
     deadline = time.monotonic() + timeout
     while True:
         try:
             conn, _ = listener.accept()
             break
-        except socket.timeout:
+        except TimeoutError:
             if proc.poll() is not None and proc.returncode != 0:
                 err = proc.stderr.read().decode(errors="replace").strip().splitlines()
                 raise RestoreFailed(f"{name}: lxc-start failed: {err[-1] if err else proc.returncode}")
@@ -186,8 +222,21 @@ def _accept_init(listener, proc, name: str, timeout: float = 60.0) -> int:
             pid = int(msg)
         except ValueError:
             raise RestoreFailed(f"{name}: bad message from the start-host hook: {msg!r}") from None
-        tracee = Tracee.seize(pid, O_TRACEEXEC | O_EXITKILL | O_TRACESYSGOOD)
+        tracee = _seize_init(pid)
         conn.sendall(b"ok\n")
+    return tracee
+
+
+def _seize_init(pid: int):
+    """PTRACE_SEIZE the manager's init (not yet exec'd) so it stops at its exec; it dies
+    with us (EXITKILL) rather than running as a fresh boot."""
+    from lxc_cr.kernel.ptrace import O_EXITKILL, O_TRACEEXEC, O_TRACESYSGOOD, Tracee
+    return Tracee.seize(pid, O_TRACEEXEC | O_EXITKILL | O_TRACESYSGOOD)
+
+
+def _wait_exec(tracee, name: str) -> int:
+    """Let the seized init run to the exit of its execve; return its pid."""
+    from lxc_cr.kernel.ptrace import EVENT_EXEC, PTRACE_CONT, PTRACE_SYSCALL
     while True:
         st = tracee.wait()
         if st.exited:
@@ -199,9 +248,93 @@ def _accept_init(listener, proc, name: str, timeout: float = 60.0) -> int:
             st = tracee.wait()
             if st.exited or st.sig != (signal.SIGTRAP | 0x80):
                 raise RestoreFailed(f"{name}: init did not stop at the exit of its execve")
-            return pid
+            return tracee.tid
         sig = st.sig if st.event == 0 and st.sig not in (signal.SIGTRAP, signal.SIGSTOP) else 0
         tracee._resume(PTRACE_CONT, sig)
+
+
+# --- resume on a plain lxc-start (spawned by the start-host hook) -------------------------
+
+def resume(name: str, init_pid: int, lxcpath: str | None = None,
+           report_fd: int | None = None) -> dict | None:
+    """``lxc-cr lxc resume NAME --takeover-pid PID``: the start-host hook found a pending
+    image on a plain start.  Report to the hook (one line on REPORT_FD): ``fresh: WHY`` when
+    the policy or the registry says boot fresh, ``seized`` once the init is seized (the
+    hook then lets LXC go on), or ``error: WHY`` (the hook fails the start; nothing was
+    touched, the image stays pending).  After ``seized``, a failure stops the container
+    and leaves the image pending."""
+    report = _Report(report_fd)
+    try:
+        why = _resume_refusal(name, lxcpath)
+        if why:
+            report.send(f"fresh: {why}")          # the hook logs it
+            return None
+        from lxc_cr.locking import container_lock
+        with container_lock("lxc", name, "resume"):
+            record = pending.lookup("lxc", name, lxcpath)
+            image = _lxc_image(record["image"]) if record else None
+            if image is None:
+                report.send("fresh: no pending image")
+                return None
+            c = container(name, lxcpath)
+            tracee = _seize_init(init_pid)
+            report.send("seized")
+            print(f"{name}: resuming {image} into init pid {init_pid}", flush=True)
+            stats = _rebuild(c, name, image, lxcpath, lambda: _wait_exec(tracee, name))
+            print(f"{name}: resumed {image}, init pid {init_pid}, {stats['tasks']} "
+                  "processes", flush=True)
+            return stats
+    except BaseException as e:
+        report.send(f"error: {e}")
+        if report.said_seized:
+            print(f"{name}: resume failed, container stopped, image left pending", flush=True)
+        raise
+    finally:
+        report.close()
+
+
+def _resume_refusal(name: str, lxcpath: str | None) -> str | None:
+    """Why a plain start should boot fresh (policy, stale record), or None to resume."""
+    from lxc_cr import policy
+    try:
+        settings = policy.load().lxc(name)
+    except BadInput as e:
+        return f"policy unreadable, not resuming: {e}"
+    if not settings.resume_on_start:
+        return "policy resume_on_start is false (the image stays pending)"
+    record = pending.lookup("lxc", name, lxcpath)
+    if record is None:
+        return "no pending image"
+    if not os.path.exists(os.path.join(record["image"], IMAGE_NAME)):
+        pending.consume("lxc", name, lxcpath)
+        return f"pending image {record['image']} is gone (record dropped)"
+    return None
+
+
+class _Report:
+    """The one-line verdict to the start-host hook over an inherited pipe."""
+
+    def __init__(self, fd: int | None):
+        self.fd = fd
+        self.said_seized = False
+
+    def send(self, line: str) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, (line.splitlines()[0] if line else "").encode() + b"\n")
+        except OSError:
+            pass
+        self.said_seized = line == "seized"
+        self.close()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
 
 
 def _reap_starter(proc) -> None:
@@ -245,6 +378,9 @@ def run(args) -> int:
         return 0
     if args.lxc_cmd == "restore":
         restore(args.name, args.dir, lxcpath=args.lxcpath, verbose=args.verbose)
+        return 0
+    if args.lxc_cmd == "resume":
+        resume(args.name, args.takeover_pid, lxcpath=args.lxcpath, report_fd=args.report_fd)
         return 0
     raise OperationFailed(f"unknown lxc action {args.lxc_cmd}")
 
