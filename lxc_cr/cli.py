@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("image", metavar="IMAGE")
     r.add_argument("--pidfile", metavar="FILE", help="write the host pid of the root here")
     r.add_argument("--print-stats", action="store_true", help="print restore statistics as JSON")
+    r.add_argument("--progress", action="store_true", help="show a progress bar on a tty")
     _add_common(r)
 
     # --- lxc ---------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ import sys
 
 def run(args) -> int:
     from lxc_cr.errors import UsageError
+    if getattr(args, "progress", False):
+        from lxc_cr import progress
+        progress.enable()
     if args.tree_cmd == "dump":
         from lxc_cr.dump import dump_tree
         if args.pid <= 0:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from lxc_cr import faults
+from lxc_cr import progress as progress_bar
 from lxc_cr.errors import OperationFailed, Refused, TaskGone, UnknownTarget
 from lxc_cr.kernel.procfs import Proc
 from lxc_cr.kernel.ptrace import O_TRACESYSGOOD, Remote, Tracee, find_syscall_insn, reap
@@ -345,6 +346,7 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
         for t in tasks:
             _prepare(proc, t)
         faults.step("dump", "prepared")
+        progress_bar.start("dump", _resident_anon(proc, tasks))
         root = tasks[0]
         vdso_size, vdso_hash = memory.vdso_fingerprint(root.mem_fd, root.maps, root.host_pid)
         xcr0 = _xcr0(root.leader.tracee.get_xstate())
@@ -377,7 +379,7 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
             faults.step("dump", "written")
         t_written = time.monotonic()
         with ImageReader(image) as r:
-            r.verify()
+            r.verify(blocks=False)   # records + index + bounds; block crcs computed while writing
         faults.step("dump", "verified")
         if not leave_running:
             for t in tasks:
@@ -392,6 +394,7 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
             _unlink_quiet(image)
         raise
     finally:
+        progress_bar.stop()
         if not killed:
             release(tasks)
         else:
@@ -413,6 +416,16 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
         "pages_written": ctx.stats["pages_written"],
         "tasks": len(tasks),
     }
+
+
+def _resident_anon(proc: Proc, tasks) -> int:
+    """Bytes of resident anonymous memory of the tree (RssAnon), for the progress bar."""
+    total = 0
+    for t in tasks:
+        if not t.zombie:
+            kb = proc.status(t.host_pid).get("RssAnon", "0 kB").split()[0]
+            total += int(kb) * 1024 if kb.isdigit() else 0
+    return total
 
 
 def _unlink_quiet(path: str) -> None:

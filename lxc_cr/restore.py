@@ -23,7 +23,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from lxc_cr import faults
+from lxc_cr import faults, progress
 from lxc_cr.errors import IncompatibleImage, RestoreFailed
 from lxc_cr.kernel import sys as ksys
 from lxc_cr.kernel.procfs import Proc
@@ -101,9 +101,15 @@ def restore_tree(image: str, pidfile: str | None = None, takeover=None) -> dict:
     from lxc_cr.image.reader import ImageReader
     t0 = time.monotonic()
     with ImageReader(image) as reader:
-        reader.verify()
+        # every record (checksum, decoding), the index and every block's bounds now; a
+        # block's contents are checked (crc32) as it is read, and a mismatch kills what
+        # was created, like any failed restore
+        reader.verify(blocks=False)
         ctx = RestoreCtx(reader, image)
         _validate(ctx)
+        progress.start("restore", sum(p.npages for p in ctx.records["pages"]) * PAGE)
+        from lxc_cr.resources import memory
+        memory.start_reader()
         try:
             init_pid, lives = _build(ctx, takeover)
             t_forked = ctx.t_forked
@@ -111,6 +117,8 @@ def restore_tree(image: str, pidfile: str | None = None, takeover=None) -> dict:
         except BaseException:
             _kill_all(ctx.created)
             raise
+        finally:
+            progress.stop()
     root = lives[0]
     if pidfile:
         tmp = f"{pidfile}.tmp"
