@@ -346,7 +346,9 @@ def _fork(ctx, parent: Live, rec) -> Live:
     nspids = list(rec.nspids)
     parent_depth = len(parent.rec.nspids) if parent.rec is not None else 1
     flags = CLONE_NEWPID if len(nspids) > parent_depth else 0
-    args = _clone_args(ctx, remote, flags, rec.exit_signal or signal.SIGCHLD,
+    from lxc_cr.resources import files
+    shared = files.clone_flags(ctx, parent.rec, rec)          # CLONE_FILES: parent's fd table
+    args = _clone_args(ctx, remote, flags | shared, rec.exit_signal or signal.SIGCHLD,
                        list(reversed(nspids)))
     remote.children.clear()
     got = remote.call("clone3", args, 88)

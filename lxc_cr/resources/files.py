@@ -26,8 +26,13 @@ that description in the tree is a dup of it; once a process's table is built its
 copies are closed, the reaper init's too (``release_inherited``), and the restorer's own
 (``close_inherited``).
 
-A table shared by processes (CLONE_FILES without CLONE_THREAD) is refused: detected with
-kcmp(KCMP_FILES).
+Fd tables shared by processes (clone(CLONE_FILES) without CLONE_THREAD), found with
+kcmp(KCMP_FILES): a process whose table is its parent's gets an ``fd_table`` record instead
+of fd records (the table's fds are recorded once, under the topmost process sharing it), is
+forked again with clone3 CLONE_FILES (``clone_flags``), and the table is rebuilt once, by
+the last of its processes to be rebuilt (``restore``: the others' memory still maps the
+inherited shmem fds).  Any other sharing (siblings whose parent unshared its table, a
+process and a grandchild) cannot be recreated by forking and is refused.
 """
 
 from __future__ import annotations
@@ -39,9 +44,10 @@ from dataclasses import dataclass
 
 from lxc_cr.errors import KernelError, RestoreFailed, Unsupported
 from lxc_cr.kernel.sys import syscall
-from lxc_cr.resources.files_records import FD
+from lxc_cr.resources.files_records import FD, FD_TABLE
 
 O_ACCMODE, O_CREAT, O_TRUNC, O_EXCL, O_APPEND = 3, 0o100, 0o1000, 0o200, 0o2000
+CLONE_FILES = 0x400
 O_NONBLOCK = 0o4000
 O_CLOEXEC, O_DIRECTORY, O_NOCTTY = 0o2000000, 0o200000, 0o400
 AT_FDCWD = -100
@@ -175,30 +181,58 @@ def _is_external_pipe(ctx, task, d: FdDesc) -> bool:
     return d.fd <= 2 and ctx.pipe_inode_count.get(d.ino, 0) == 1
 
 
-def _shared_table(ctx, task) -> Unsupported | None:
-    """An fd table shared with another process of the tree (clone(CLONE_FILES))."""
-    seen = getattr(ctx, "_tables", None)
-    if seen is None:
-        seen = ctx._tables = []
-    for other_pid, other_comm in seen:
-        try:
-            same = syscall("kcmp", task.host_pid, other_pid, KCMP_FILES, 0, 0) == 0
-        except KernelError:
+def same_table(host_pid1: int, host_pid2: int) -> bool:
+    """Whether two processes share one fd table (kcmp KCMP_FILES; False for a zombie)."""
+    try:
+        return syscall("kcmp", host_pid1, host_pid2, KCMP_FILES, 0, 0) == 0
+    except KernelError:
+        return False
+
+
+def shares_parent_table(task) -> bool:
+    """``task`` (a dump TaskState) shares its fd table with its parent in the tree."""
+    return bool(task.ppid) and same_table(task.host_pid, task.stat.ppid)
+
+
+def _tables(ctx) -> dict:
+    """Once per check, over every process of the tree: {host pid: Unsupported} for fd
+    tables shared in a way a fork cannot recreate.  A process sharing its parent's table is
+    left with no fds of its own in ``ctx.descs`` (the parent's check and dump cover them),
+    and its pipe ends are not counted twice in ``ctx.pipe_inode_count``."""
+    got = ctx.__dict__.get("_fd_tables")
+    if got is not None:
+        return got
+    got = ctx._fd_tables = {}
+    owners: list = []
+    for t in ctx.tasks:
+        if t.zombie or t.host_pid not in ctx.descs:
             continue
-        if same:
-            return Unsupported(task.host_pid, task.stat.comm,
-                               f"fd table shared with pid {other_pid} ({other_comm}) "
-                               f"through CLONE_FILES")
-    seen.append((task.host_pid, task.stat.comm))
-    return None
+        if shares_parent_table(t):
+            if any(d.kind == "tty" for d in ctx.descs[t.host_pid]):
+                got[t.host_pid] = Unsupported(t.host_pid, t.stat.comm, "terminal in an fd "
+                                              "table shared with its parent (CLONE_FILES)")
+            for d in ctx.descs[t.host_pid]:
+                if d.kind in ("pipe", "fifo") and d.ino in ctx.pipe_inode_count:
+                    ctx.pipe_inode_count[d.ino] -= 1
+            ctx.descs[t.host_pid] = []
+            continue
+        other = next((o for o in owners if same_table(t.host_pid, o.host_pid)), None)
+        if other is None:
+            owners.append(t)
+        else:
+            got[t.host_pid] = Unsupported(
+                t.host_pid, t.stat.comm, f"fd table shared with pid {other.host_pid} "
+                f"({other.stat.comm}) through CLONE_FILES, which is not its parent")
+    return got
 
 
 def check(ctx, task, descs: list[FdDesc]) -> list[Unsupported]:
     _register()
     out = []
-    shared = _shared_table(ctx, task)
+    shared = _tables(ctx).get(task.host_pid)
     if shared:
         out.append(shared)
+    descs = ctx.descs.get(task.host_pid, descs)     # [] for a table its parent holds
     for d in descs:
         kind = d.kind
         if kind in ("pipe", "fifo") and _is_external_pipe(ctx, task, d):
@@ -213,6 +247,9 @@ def check(ctx, task, descs: list[FdDesc]) -> list[Unsupported]:
 
 def dump(ctx, task, descs: list[FdDesc]) -> None:
     _register()
+    if shares_parent_table(task):
+        ctx.writer.add(FD_TABLE, dict(pid=task.pid, shared_with=task.ppid))
+        return
     for d in descs:
         kind = d.kind
         if kind in ("pipe", "fifo") and _is_external_pipe(ctx, task, d):
@@ -356,11 +393,46 @@ def restore_reg(ctx, task, rec, remote) -> int:
     return _Reg.restore(ctx, task, rec, remote)
 
 
+def _table_of(ctx, pid: int) -> tuple[int, bool]:
+    """(pid whose fd records describe the table of ``pid``, whether ``pid`` rebuilds it:
+    the last of the table's processes in restore order)."""
+    got = ctx.__dict__.get("_table_owner")
+    if got is None:
+        parent = {r.pid: r.shared_with for r in ctx.records["fd_table"]}
+        owner, last = {}, {}
+        for rec in ctx.records["task"]:
+            o = rec.pid
+            while o in parent:
+                o = parent[o]
+            owner[rec.pid] = o
+            if rec.state != "Z":
+                last[o] = rec.pid
+        got = ctx._table_owner = (owner, last)
+    owner, last = got
+    o = owner.get(pid, pid)
+    return o, last.get(o, pid) == pid
+
+
+def clone_flags(ctx, parent_rec, rec) -> int:
+    """CLONE_FILES if ``rec`` shares the fd table of its parent (an ``fd_table`` record);
+    ``parent_rec`` is the process it is forked from (None: the restorer's reaper init)."""
+    for r in ctx.by_pid("fd_table", rec.pid):
+        if parent_rec is None or parent_rec.pid != r.shared_with:
+            raise RestoreFailed(f"pid {rec.pid}: its fd table is shared with pid "
+                                f"{r.shared_with}, but it is forked from another process")
+        return CLONE_FILES
+    return 0
+
+
 def restore(ctx, task, remote, keep: set[int]) -> None:
     """Rebuild the fd table of ``task``: close what the restorer left, then create each
-    recorded fd at its number (``keep`` are inherited fds still needed, e.g. external)."""
+    recorded fd at its number (``keep`` are inherited fds still needed, e.g. external).
+    A table shared by several processes (CLONE_FILES) is rebuilt once, by the last of them."""
     _register()
-    recs = sorted(ctx.by_pid("fd", task.pid),
+    owner, rebuilds = _table_of(ctx, task.pid)
+    if not rebuilds:
+        return
+    recs = sorted(ctx.by_pid("fd", owner),
                   key=lambda r: (bool(getattr(HANDLERS.get(r.kind), "LATE", False)), r.fd))
     external = {r.fd for r in recs if r.kind == "external-pipe"}
     inherited = getattr(ctx, "inherited_files", {})

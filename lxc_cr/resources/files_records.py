@@ -15,3 +15,8 @@ FD = record_kind(0x0300, "fd", cs.Struct(
     "target" / Str,              # path or description (e.g. pipe:[1234])
     "file_id" / cs.Int32ul,      # same id = same open file description (shared-with)
 ), doc="one per open fd of each process")
+
+FD_TABLE = record_kind(0x0301, "fd_table", cs.Struct(
+    "pid" / cs.Int32ul,
+    "shared_with" / cs.Int32ul,  # its parent, whose fd table it uses (clone CLONE_FILES)
+), doc="a process sharing its parent's fd table: it has no fd records of its own")

@@ -1,5 +1,6 @@
-"""Resources: pipes (buffered data, size) and the fd table (shared descriptions, cloexec,
-CLONE_FILES refused) survive ``tree dump`` + ``tree restore``."""
+"""Resources: pipes (buffered data, size) and the fd table (shared descriptions, cloexec)
+survive ``tree dump`` + ``tree restore`` (fd tables shared by processes:
+test_res_clone_files.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import os
 
 import pytest
 
-from treeutil import (assert_continued, assert_one_error_line,
-                      assert_running_untraced, build, dump_kill, harness_fixture, idents,
-                      read_state, snapshot, state_int, tree_pids, wait_state)
+from treeutil import (assert_continued, assert_running_untraced, build, dump_kill,
+                      harness_fixture, idents, read_state, snapshot, state_int, tree_pids,
+                      wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -83,15 +84,3 @@ def test_pipe_stream_no_gap_no_duplicate(tree):
     assert later["bad"] == "0", later["why"]
     assert_running_untraced(root)
 
-
-def test_clone_files_table_refused(tree):
-    binary = build("res_clone_files")
-    d = tree.dir("clonefiles")
-    st = d / "state"
-    wl = tree.launch([binary, st], ready=lambda: state_int(st, "counter") >= 3)
-    res = tree.cli("tree", "dump", wl.root, d / "img")
-    assert res.rc == 1, res.describe()
-    line = assert_one_error_line(res)
-    assert "fd table shared with pid" in line and "CLONE_FILES" in line, line
-    assert not (d / "img").exists()
-    assert_running_untraced(wl.root)
