@@ -16,7 +16,8 @@ def run(args) -> int:
         if args.pid <= 0:
             raise UsageError(f"invalid pid {args.pid}")
         stats = dump_tree(args.pid, args.image, leave_running=args.leave_running,
-                          compress=args.compress, level=args.compress_level)
+                          compress=args.compress, level=args.compress_level,
+                          tcp_established=args.tcp_established)
         if args.print_stats:
             print(json.dumps(stats, sort_keys=True))
         return 0

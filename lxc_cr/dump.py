@@ -160,8 +160,10 @@ def _relative_pids(tasks: list[TaskState]) -> None:
         t.sid = t.creds.nssid[level] if len(t.creds.nssid) > level else 0
 
 
-def check_tree(proc: Proc, tasks: list[TaskState], managed: bool = False) -> list:
-    """Every resource that cannot be checkpointed, without stopping anything."""
+def check_tree(proc: Proc, tasks: list[TaskState], managed: bool = False,
+               tcp_established: bool = False) -> list:
+    """Every resource that cannot be checkpointed, without stopping anything
+    (``tcp_established``: established TCP connections are dumped, not refused)."""
     from lxc_cr.resources import files, namespaces
     problems = list(namespaces.check(proc, tasks[0], managed))
     for t in tasks:
@@ -181,7 +183,8 @@ def check_tree(proc: Proc, tasks: list[TaskState], managed: bool = False) -> lis
         for d in descs[t.host_pid]:
             if d.kind in ("pipe", "fifo"):
                 pipe_count[d.ino] = pipe_count.get(d.ino, 0) + 1
-    ctx = type("C", (), {"pipe_inode_count": pipe_count, "descs": descs, "tasks": tasks})()
+    ctx = type("C", (), {"pipe_inode_count": pipe_count, "descs": descs, "tasks": tasks,
+                         "tcp_established": tcp_established})()
     for t in tasks:
         if not t.zombie and t.host_pid not in gone:
             t.fds = descs[t.host_pid]
@@ -318,10 +321,11 @@ def release(tasks: list[TaskState]) -> None:
 def dump_tree(root_pid: int, image: str, leave_running: bool = False,
               compress: str | None = None, level: int = 3, source_kind: str = "tree",
               source_name: str | None = None, extra_records=None, progress=None,
-              freezer=None) -> dict:
+              freezer=None, tcp_established: bool = False) -> dict:
     from lxc_cr.image.reader import ImageReader
     from lxc_cr.image.writer import ImageWriter
     from lxc_cr.resources import creds, files, memory, namespaces, signals, task as task_mod
+    from lxc_cr.resources import tcp_established as tcp_established_mod
     from lxc_cr.resources import ttys  # noqa: F401 - registers the tty fd kind
     from lxc_cr.resources import threads as threads_mod
 
@@ -329,18 +333,20 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
     proc = Proc()
     tasks = discover(proc, root_pid)
     managed = source_kind != "tree"
-    problems, pipe_count = check_tree(proc, tasks, managed)
+    problems, pipe_count = check_tree(proc, tasks, managed, tcp_established)
     if problems:
         raise Refused(problems)
     faults.step("dump", "checked")
     ctx = DumpCtx(proc)
     ctx.pipe_inode_count = pipe_count
+    ctx.tcp_established = tcp_established
     killed = False
     try:
         tasks = freeze(proc, tasks, freezer)
         t_frozen = time.monotonic()
         faults.step("dump", "frozen")
-        problems, ctx.pipe_inode_count = check_tree(proc, tasks, managed)   # seen while freezing
+        problems, ctx.pipe_inode_count = check_tree(proc, tasks, managed,
+                                                    tcp_established)   # seen while freezing
         if problems:
             raise Refused(problems)
         for t in tasks:
@@ -396,8 +402,10 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
     finally:
         progress_bar.stop()
         if not killed:
+            tcp_established_mod.resume(ctx)     # repair mode off before the tasks run again
             release(tasks)
         else:
+            tcp_established_mod.forget(ctx)     # killed: the sockets closed silently
             for t in tasks:
                 for th in t.threads:
                     if th.tracee is not None:

@@ -211,6 +211,8 @@ def _build(ctx: RestoreCtx, takeover=None):
             if live.rec.state != "Z":
                 _credentials(ctx, live)
         faults.step("restore", "credentials")
+        from lxc_cr.resources import tcp_established
+        tcp_established.release(ctx)     # every end exists now: connections leave repair mode
         _release(ctx, lives)
         return init_pid, lives
     finally:

@@ -13,10 +13,11 @@ Restore, injected into the task (so in the task's own net namespace, restored be
 fds): socket(family, type), the options, bind() to the recorded address when it had a port,
 listen(backlog) for a listener, connect() to the recorded peer for a connected UDP socket.
 
-Refused by name, before freezing: an established TCP connection
-(``tcp connection A -> B: not supported (use --tcp-established)``, no TCP_REPAIR here), any
-other TCP state (``tcp socket in state CLOSE_WAIT``), a listener with connections waiting to
-be accepted, and a UDP socket with queued datagrams.
+An established TCP connection is handed to ``tcp_established`` (TCP_REPAIR) when the dump
+runs with ``--tcp-established`` (``ctx.tcp_established``); without it, it is refused by name
+before freezing (``tcp connection A -> B: not supported (use --tcp-established)``).
+Refused by name, before freezing: any other TCP state (``tcp socket in state CLOSE_WAIT``),
+a listener with connections waiting to be accepted, and a UDP socket with queued datagrams.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import construct as cs
 
 from lxc_cr.errors import RestoreFailed, Unsupported
 from lxc_cr.image.kinds import record_kind
+from lxc_cr.resources import tcp_established
 from lxc_cr.resources.records_common import Str
 
 KINDS = ("tcp socket", "udp socket")
@@ -100,11 +102,13 @@ def _inspect(host_pid: int, fd: int) -> dict:
         s.close()
 
 
-def _problem(task, fd: int, i: dict) -> list:
+def _problem(task, fd: int, i: dict, established_ok: bool = False) -> list:
     comm = task.stat.comm
     here = _fmt(i["family"], i["addr"], i["port"])
     if i["type"] == socket.SOCK_STREAM:
         state = i["state"]
+        if state == TCP_ESTABLISHED and established_ok:
+            return []
         if state == TCP_ESTABLISHED:
             there = _fmt(i["family"], i["peer_addr"], i["peer_port"])
             return [Unsupported(task.host_pid, comm, f"tcp connection {here} -> {there}",
@@ -130,7 +134,7 @@ def check(ctx, task, d) -> list:
         info = _inspect(task.host_pid, d.fd)
     except Exception:
         return [Unsupported(task.host_pid, task.stat.comm, d.kind, fd=d.fd)]
-    return _problem(task, d.fd, info)
+    return _problem(task, d.fd, info, getattr(ctx, "tcp_established", False))
 
 
 def dump(ctx, task, d, file_id) -> None:
@@ -138,9 +142,13 @@ def dump(ctx, task, d, file_id) -> None:
     if not files.once(ctx, "inet_sockets", file_id):
         return
     i = _inspect(task.host_pid, d.fd)
-    problems = _problem(task, d.fd, i)      # the state may have changed since check()
+    ok = getattr(ctx, "tcp_established", False)
+    problems = _problem(task, d.fd, i, ok)      # the state may have changed since check()
     if problems:
         raise problems[0]
+    if i["type"] == socket.SOCK_STREAM and i["state"] == TCP_ESTABLISHED:
+        tcp_established.dump(ctx, task, d, file_id, i)
+        return
     ctx.writer.add(INET_SOCKET, dict(
         file_id=file_id, family=i["family"], type=i["type"], protocol=i["protocol"],
         listening=i["state"] == TCP_LISTEN, backlog=i["backlog"],
@@ -159,10 +167,16 @@ def sockaddr(family: int, addr: str, port: int) -> bytes:
 
 
 def restore(ctx, task, rec, remote) -> int:
+    nonblock = SOCK_NONBLOCK if rec.flags & O_NONBLOCK else 0
+    conn = tcp_established.find(ctx, rec.file_id)
+    if conn is not None:
+        fd = remote.call("socket", conn.family, socket.SOCK_STREAM | SOCK_CLOEXEC | nonblock,
+                         IPPROTO_TCP)
+        tcp_established.restore(ctx, task, rec, remote, fd)
+        return fd
     u = next((r for r in ctx.records["inet_socket"] if r.file_id == rec.file_id), None)
     if u is None:
         raise RestoreFailed(f"{ctx.path}: no inet_socket record for file {rec.file_id}")
-    nonblock = SOCK_NONBLOCK if rec.flags & O_NONBLOCK else 0
     fd = remote.call("socket", u.family, u.type | SOCK_CLOEXEC | nonblock, u.protocol)
     buf = ctx.scratch + 2048
     opts = [(SOL_SOCKET, SO_REUSEADDR, u.reuseaddr), (SOL_SOCKET, SO_REUSEPORT, u.reuseport),

@@ -1,0 +1,179 @@
+"""Resources: established TCP connections through TCP_REPAIR (``tree dump --tcp-established``).
+
+A server and its client, both in one tree (own pid and net namespace, tests/workloads/
+res_tcp.c), exchange a numbered stream in both directions over 127.0.0.1 (or ::1); each end
+checks every record it reads, and always leaves unread bytes queued.  After a dump with
+``--tcp-established`` and a restore the stream goes on with no gap or duplicate and the
+server's request counter continues; without the flag the dump is refused naming the pid,
+the fd and both addresses, and the tree runs on; a failure at any step of a dump leaves the
+connection working.  Not covered: a peer outside the tree (see docs/support-matrix.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+
+import pytest
+
+from test_res_inet import launch_netns
+from test_tree_faults import trace_steps
+from treeutil import (UNSUPPORTED_RE, Watcher, assert_continued, assert_one_error_line,
+                      assert_running_untraced, build, children, dump_kill, harness_fixture,
+                      read_state, wait_state)
+
+pytestmark = pytest.mark.integration
+
+tree = harness_fixture()
+
+ASK = r"""
+import socket, sys
+with socket.create_connection((sys.argv[1], 7070), timeout=10) as c:
+    print(c.makefile().readline().strip())
+"""
+
+
+def start(tree, label: str, mode: str = ""):
+    """The workload, running until both ends have read a few records; (workload, dir,
+    server state path, client state path)."""
+    d = tree.dir(label)
+    st, cst = d / "state", d / "state.client"
+    argv = [build("res_tcp"), st] + ([mode] if mode else [])
+    wl = launch_netns(tree, argv, lambda: all(
+        p.exists() and int(read_state(p).get("got", 0)) >= 3 for p in (st, cst)))
+    return wl, d, st, cst
+
+
+def progressed(path, before: dict, records: int, what: str) -> dict:
+    """Wait until the end writing ``path`` read ``records`` more records than in ``before``
+    (same run: boot token), with no error."""
+    want = int(before["got"]) + records
+    st = wait_state(path, lambda s: "error" in s or int(s["got"]) >= want,
+                    f"{what}: {records} more records read after {before['got']}", timeout=60)
+    assert "error" not in st, f"{what}: the stream broke: {st['error']}"
+    assert_continued(before, st, "got", what)
+    return st
+
+
+def ask(pid: int, host: str) -> dict:
+    """One request to the server's listener from pid's net namespace: its parsed answer."""
+    r = subprocess.run(["nsenter", "-t", str(pid), "-n", "/usr/bin/python3", "-c", ASK, host],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, f"client failed: {r.stderr}"
+    return dict(kv.split("=") for kv in r.stdout.split())
+
+
+def conn_props(pid: int, fd: int) -> dict:
+    """What the task sees of its connection: addresses, state, TCP_NODELAY, negotiated
+    options (tcpi_options, window scales), and whether its segment size is above the
+    536-byte default (TCP_MAXSEG is mss_cache, also bounded by half the peer's window at
+    the time it was computed, so its exact value may differ after a restore)."""
+    from lxc_cr.resources.files import getfd
+    with socket.socket(fileno=getfd(pid, fd)) as s:
+        ti = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        return dict(name=s.getsockname()[:2], peer=s.getpeername()[:2], family=s.family,
+                    state=ti[0], options=ti[5], wscale=ti[6],
+                    nodelay=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+                    big_mss=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG) > 536)
+
+
+def both_props(root: int, st, cst) -> dict:
+    client = children(root)
+    assert len(client) == 1, f"the server should have one child (the client): {client}"
+    return {"server": conn_props(root, int(read_state(st)["fd"])),
+            "client": conn_props(client[0], int(read_state(cst)["fd"]))}
+
+
+def connections(tree, image) -> list[dict]:
+    res = tree.cli("inspect", image, "--json", "--section", "tcp_connection")
+    assert res.rc == 0, res.describe()
+    return [r["fields"] for r in json.loads(res.out)["records"]]
+
+
+@pytest.mark.parametrize("mode", ["v4", "v6", "bulk"])
+def test_established_connection_continues(tree, mode):
+    host = "::1" if mode == "v6" else "127.0.0.1"
+    wl, d, st, cst = start(tree, f"tcp-{mode}", "" if mode == "v4" else mode)
+    assert ask(wl.root, host)["counter"] == "1"
+    p0 = both_props(wl.root, st, cst)
+    assert p0["server"]["state"] == 1 and p0["server"]["nodelay"] and not p0["client"]["nodelay"]
+    assert p0["server"]["peer"] == p0["client"]["name"] and p0["server"]["big_mss"], p0
+
+    dump_kill(tree, wl.root, d / "img", "--tcp-established")
+    s0, c0 = read_state(st), read_state(cst)      # as the tree was at the checkpoint
+    conns = connections(tree, d / "img")
+    by_port = {c["port"]: c for c in conns}
+    assert len(conns) == 2 and set(by_port) == {7070, p0["client"]["name"][1]}, conns
+    srv, cli = by_port[7070], by_port[p0["client"]["name"][1]]
+    assert (srv["peer_addr"], srv["peer_port"]) == (cli["addr"], cli["port"]), conns
+    # unread bytes sat in both directions at the checkpoint, and the sequence numbers
+    # agree: each end received up to a point between what the other end wrote and what
+    # it still holds unacknowledged
+    assert srv["rcv_queue"] and cli["rcv_queue"], conns
+    for a, b in ((cli, srv), (srv, cli)):
+        unacked = len(bytes.fromhex(a["snd_queue"]))
+        assert (b["rcv_seq"] - (a["snd_seq"] - unacked)) % 2**32 <= unacked, conns
+    if mode == "bulk":      # the client wrote more than the server took: its send queue too
+        assert len(bytes.fromhex(cli["snd_queue"])) > 65536, len(cli["snd_queue"])
+
+    root = tree.restore(d / "img")
+    progressed(st, s0, 50, "server after the restore")
+    progressed(cst, c0, 50, "client after the restore")
+    assert both_props(root, st, cst) == p0
+    answer = ask(root, host)
+    assert answer == {"counter": "2", "boot": s0["boot"]}, answer
+    assert_running_untraced(root)
+
+
+def test_established_refused_without_flag(tree):
+    wl, d, st, cst = start(tree, "tcp-refused")
+    s0, c0 = read_state(st), read_state(cst)
+    w = Watcher(wl.root)
+    w.start()
+    try:
+        res = tree.cli("tree", "dump", wl.root, d / "img")
+    finally:
+        w.stop.set()
+        w.join()
+    assert res.rc == 1, res.describe()
+    line = assert_one_error_line(res)
+    m = UNSUPPORTED_RE.search(line)
+    assert m and int(m.group(1)) == wl.root and m.group(2) == "res_tcp", line
+    want = (f"fd {s0['fd']}: tcp connection 127.0.0.1:7070 -> 127.0.0.1:{c0['port']}: "
+            f"not supported (use --tcp-established)")
+    assert want in line, line
+    assert not (d / "img").exists()
+    assert w.samples > 0 and w.seen == [], w.seen[:5]
+    progressed(st, s0, 20, "server after the refusal")
+    progressed(cst, c0, 20, "client after the refusal")
+    assert_running_untraced(wl.root)
+
+
+def test_failed_or_leave_running_dump_leaves_connection_working(tree):
+    wl, d, st, cst = start(tree, "tcp-faults")
+    p0 = both_props(wl.root, st, cst)
+    trace = d / "trace"
+    s0, c0 = read_state(st), read_state(cst)
+    tree.dump(wl.root, d / "img", "--tcp-established", "--leave-running",
+              env={"LXC_CR_FAULT_TRACE": str(trace)})
+    assert len(connections(tree, d / "img")) == 2
+    os.unlink(d / "img")
+    progressed(st, s0, 20, "server after --leave-running")
+    progressed(cst, c0, 20, "client after --leave-running")
+    steps = trace_steps(trace, "dump")
+    assert any(name.startswith("memory") for _, name in steps), steps   # after the sockets
+    for n, name in steps:
+        where = f"LXC_CR_FAULT=dump:{n} ({name})"
+        s1, c1 = read_state(st), read_state(cst)
+        res = tree.cli("tree", "dump", wl.root, d / "img", "--tcp-established",
+                       env={"LXC_CR_FAULT": f"dump:{n}"})
+        assert res.rc == 1, f"{where}: " + res.describe()
+        assert_one_error_line(res)
+        assert not (d / "img").exists(), where
+        progressed(st, s1, 10, f"server after {where}")
+        progressed(cst, c1, 10, f"client after {where}")
+        assert_running_untraced(wl.root)
+    assert both_props(wl.root, st, cst) == p0
+    assert ask(wl.root, "127.0.0.1")["counter"] == "1"
