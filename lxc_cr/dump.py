@@ -21,6 +21,7 @@ from lxc_cr import faults
 from lxc_cr import progress as progress_bar
 from lxc_cr.errors import OperationFailed, Refused, TaskGone, UnknownTarget
 from lxc_cr.kernel.procfs import Proc
+from lxc_cr.stats import DUMP_STATS, us
 from lxc_cr.kernel.ptrace import O_TRACESYSGOOD, Remote, Tracee, find_syscall_insn, reap
 
 PAGE = 4096
@@ -349,7 +350,6 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
                                                     tcp_established)   # seen while freezing
         if problems:
             raise Refused(problems)
-        ctx.descs = {t.host_pid: t.fds for t in tasks}     # every fd of the frozen tree
         for t in tasks:
             _prepare(proc, t)
         faults.step("dump", "prepared")
@@ -383,6 +383,13 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
                     progress(tasks.index(t) + 1, len(tasks) + 1)
             for kind, obj in extra_records or ():
                 w.add(kind, obj)
+            t_written = time.monotonic()
+            w.add(DUMP_STATS, dict(
+                freezing_time=us(t_frozen - t0), frozen_time=us(t_written - t_frozen),
+                memdump_time=ctx.stats.get("memdump_time", 0),
+                memwrite_time=ctx.stats.get("memwrite_time", 0),
+                pages_scanned=ctx.stats["pages_scanned"],
+                pages_written=ctx.stats["pages_written"], tasks=len(tasks)))
             faults.step("dump", "written")
         t_written = time.monotonic()
         with ImageReader(image) as r:
@@ -419,8 +426,8 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
     return {
         "freezing_time": int((t_frozen - t0) * 1e6),
         "frozen_time": int((t_end - t_frozen) * 1e6),
-        "memdump_time": int((t_written - t_frozen) * 1e6),
-        "memwrite_time": int((t_written - t_frozen) * 1e6),
+        "memdump_time": ctx.stats.get("memdump_time", 0),
+        "memwrite_time": ctx.stats.get("memwrite_time", 0),
         "pages_scanned": ctx.stats["pages_scanned"],
         "pages_written": ctx.stats["pages_written"],
         "tasks": len(tasks),

@@ -71,6 +71,7 @@ def summarize(r: ImageReader) -> dict:
     page_data = dict(blocks=0, length=0, stored=0, zstd_blocks=0)
     all_blocks = dict(blocks=0, length=0, stored=0)
     seen = set()
+    stats = None
     for kind, obj in r.records():
         if kind is None:
             continue
@@ -92,6 +93,8 @@ def summarize(r: ImageReader) -> dict:
                                   host_pid=obj.host_pid)
         elif name == "thread":
             threads[obj.pid] = threads.get(obj.pid, 0) + 1
+        elif name == "dump_stats":
+            stats = {k: v for k, v in obj.items() if not k.startswith("_")}
         elif name == "vma":
             vmas[obj.pid] = vmas.get(obj.pid, 0) + 1
         elif name == "pages":
@@ -144,6 +147,7 @@ def summarize(r: ImageReader) -> dict:
         "tasks": out_tasks,
         "records": sections,
         "page_data": page_data,
+        "stats": stats,
         "data_blocks": all_blocks,
         "file_size": r.size,
     }
@@ -194,6 +198,8 @@ def _human(s: dict, out) -> None:
     w(f"host       kernel {s['kernel']}, arch {s['arch']}, xcr0 {s['xcr0']:#x}, "
       f"vdso {s['vdso_size']} bytes sha256 {s['vdso_hash']}\n")
     w(f"source     {s['source']['kind']} {s['source']['name']}\n")
+    if s.get("stats"):
+        w("stats      " + ", ".join(f"{k} {v}" for k, v in s["stats"].items()) + "\n")
     w("\nnamespaces\n")
     for kind in NS_KINDS:
         d = s["namespaces"].get(kind)

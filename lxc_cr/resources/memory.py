@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import struct
 
 from lxc_cr.errors import IncompatibleImage, RestoreFailed, Unsupported
@@ -98,9 +99,10 @@ def vdso_fingerprint(mem_fd: int, maps, pid: int) -> tuple[int, bytes]:
 
 # --- dump ---------------------------------------------------------------------------------
 
-def _dump_runs(writer, mem_fd, pid, shmem_id, base, runs, record_base=None):
+def _dump_runs(writer, mem_fd, pid, shmem_id, base, runs, record_base=None, stats=None):
     """Read each run of pages from mem_fd (at base + page*4096) and write PAGES records.
-    Runs are cut into pieces of at most MAX_RUN bytes (see _pipelined)."""
+    Runs are cut into pieces of at most MAX_RUN bytes (see _pipelined).  ``stats``: a
+    dict whose "memwrite_time" (microseconds) grows by the time spent writing blocks."""
     rb = base if record_base is None else record_base
     pieces = []
     for first, count in runs:
@@ -119,9 +121,13 @@ def _dump_runs(writer, mem_fd, pid, shmem_id, base, runs, record_base=None):
 
     def write(piece, view):
         first, n = piece
+        t0 = time.monotonic()
         ref = writer.write_block(view)
         writer.add(PAGES, dict(pid=pid, shmem_id=shmem_id, vaddr=rb + first * PAGE,
                                npages=n, block=ref))
+        if stats is not None:
+            stats["memwrite_time"] = stats.get("memwrite_time", 0) + \
+                int((time.monotonic() - t0) * 1e6)
 
     _pipelined(pieces, [n * PAGE for _, n in pieces], read, write)
 
@@ -209,6 +215,7 @@ def dump(ctx, task, remote) -> None:
         env_end=st.env_end, auxv=auxv, exe=exe, exe_dev=exe_dev, exe_ino=exe_ino))
     vmflags = ctx.proc_vmflags(hp)
     pagemap_fd = os.open(f"/proc/{hp}/pagemap", os.O_RDONLY)
+    t0 = time.monotonic()
     try:
         for m in task.maps:
             kind = classify(m)
@@ -239,9 +246,11 @@ def dump(ctx, task, remote) -> None:
                                               private_file=kind == "file_private")
             ctx.stats["pages_scanned"] += scanned
             ctx.stats["pages_written"] += sum(c for _, c in runs)
-            _dump_runs(ctx.writer, task.mem_fd, pid, 0, m.start, runs)
+            _dump_runs(ctx.writer, task.mem_fd, pid, 0, m.start, runs, stats=ctx.stats)
     finally:
         os.close(pagemap_fd)
+        ctx.stats["memdump_time"] = ctx.stats.get("memdump_time", 0) + \
+            int((time.monotonic() - t0) * 1e6)
 
 
 def _dump_shmem(ctx, host_pid: int, m) -> int:
@@ -266,7 +275,7 @@ def _dump_shmem(ctx, host_pid: int, m) -> int:
             last = (min(hole, size) + PAGE - 1) // PAGE
             runs.append((first, last - first))
             off = last * PAGE
-        _dump_runs(ctx.writer, fd, 0, sid, 0, runs)
+        _dump_runs(ctx.writer, fd, 0, sid, 0, runs, stats=ctx.stats)
     finally:
         os.close(fd)
     return sid
