@@ -350,6 +350,7 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
                                                     tcp_established)   # seen while freezing
         if problems:
             raise Refused(problems)
+        ctx.descs = {t.host_pid: t.fds for t in tasks}     # every fd of the frozen tree
         for t in tasks:
             _prepare(proc, t)
         faults.step("dump", "prepared")

@@ -1,20 +1,45 @@
 """Unix sockets: listening stream/seqpacket sockets, bound (or unbound) datagram sockets
-such as syslogd's /dev/log, and connected pairs whose both ends are in the tree
-(socketpairs), with the data queued on each end.
+such as syslogd's /dev/log with their queued datagrams, anonymous pairs (socketpair),
+connections made by connect() to a listener of the tree and accept()ed in the tree
+(or still waiting in its accept queue), datagram sockets connect()ed to a bound socket
+of the tree (a syslog client), and connections to a listener outside the tree whose path
+is on the tree's own filesystem.
 
 Each socket is inspected on a copy taken with pidfd_getfd, without stopping anything:
-SO_TYPE, getsockname() (``struct sockaddr_un``: a path, or ``\\0name`` for an abstract
-name), getpeername() (ENOTCONN when unconnected), SO_ACCEPTCONN, SO_PASSCRED and SIOCINQ
-(bytes queued).  Peers come from sock_diag (UNIX_DIAG_PEER, pyroute2's DiagSocket) in the
-tree's net namespace.  Queued data is read without being consumed: MSG_PEEK from offset 0
-with SO_PEEK_OFF walking the queue (one datagram at a time for dgram/seqpacket).
+SO_TYPE, getsockname()/getpeername() (``struct sockaddr_un``: a path, or ``\\0name`` for an
+abstract name; getpeername is ENOTCONN when unconnected), SO_ACCEPTCONN, SO_PASSCRED,
+SIOCINQ (bytes queued) and SIOCOUTQ (bytes sent, not yet read by the peer).  sock_diag
+(``struct unix_diag_msg`` with UNIX_DIAG_NAME, UNIX_DIAG_VFS {ino, dev}, UNIX_DIAG_PEER,
+UNIX_DIAG_ICONS: the embryo sockets in a listener's accept queue; pyroute2's DiagSocket),
+read in the tree's net namespace and in ours, pairs the ends.  Queued data is read without
+being consumed: MSG_PEEK from offset 0 with SO_PEEK_OFF walking the queue (one datagram at
+a time for dgram/seqpacket, with its sender's address).
 
-Restore: an unconnected socket is made in the task (socket, a stale socket file at the
-path removed, bind, listen).  A connected pair is made in the restorer (socketpair), each
-end's queue refilled by sending from the other end, and both are passed into the init,
-from which every task inherits them (files.inherit).  A peer outside the tree, an
-unconnected socket with queued datagrams, and connected sockets with names (accepted
-connections of a listener) are refused by name.
+Restore.  An unconnected socket without queued data is made in its task (socket, a stale
+socket file at the path removed, bind, listen).  Everything else is made in the restorer by
+one helper process that enters the init's net and mount namespaces (so names resolve and
+bind as in the tree, and sock_diag of the tree sees the sockets), then passed into the init
+(files.inherit), from which every task inherits it:
+
+- a pair: socketpair, each queue refilled by sending from the other end;
+- an accepted connection: a listener bound at the recorded path (the tree's own listener
+  if it is made here too, else a temporary one, closed and its socket file removed again
+  unless a stale one stood there), connect() from the client end (bound first if it had a
+  name), accept(); getsockname() of the accepted end and getpeername() of the client are
+  then the listener's path.  Queues refilled from the other end;
+- a connection waiting in an accept queue: its listener is made here, the client connects
+  and is left unaccepted;
+- a bound datagram receiver with queued datagrams, or with senders in the tree: made here,
+  its datagrams resent from a temporary unbound socket (the receiver then sees an unnamed
+  sender and, with SO_PASSCRED, the restorer's credentials); each sender connect()s to it;
+- a connection to a listener (or bound datagram socket) outside the tree: connect()ed again
+  to the recorded path; only without data in flight (the old connection's other end sees
+  EOF and the outside server a new connection).
+
+Refused by name: a peer outside the tree that is not a listening socket reachable at its
+path on the tree's root, unread data on such a connection, data sent into an accept queue,
+queued data on a connected datagram sender, an unbound unconnected socket with queued data,
+named datagram sockets connected to each other, and a stream whose peer has closed.
 """
 
 from __future__ import annotations
@@ -29,15 +54,19 @@ import construct as cs
 
 from lxc_cr.errors import RestoreFailed, Unsupported
 from lxc_cr.image.kinds import record_kind
-from lxc_cr.resources.records_common import Str
+from lxc_cr.resources.records_common import Blob, Str
 
 KINDS = ("unix socket",)
-SIOCINQ = 0x541B
+SIOCINQ, SIOCOUTQ = 0x541B, 0x5411
 O_NONBLOCK, SOCK_CLOEXEC, SOCK_NONBLOCK = 0o4000, 0o2000000, 0o4000
 SOL_SOCKET, SO_PASSCRED, SO_ACCEPTCONN, SO_PEEK_OFF = 1, 16, 30, 42
 MSG_PEEK, MSG_DONTWAIT = 2, 0x40
 DEFAULT_BACKLOG = 128
 AT_FDCWD = -100
+TCP_LISTEN = 10                    # udiag_state of a listening socket
+TYPE_NAMES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram",
+              socket.SOCK_SEQPACKET: "seqpacket"}
+HELPER_TIMEOUT = 30.0              # a refill that cannot fit fails instead of hanging
 
 UNIX_PAIR = record_kind(0x0341, "unix_pair", cs.Struct(
     "file_id" / cs.Int32ul,       # this end
@@ -57,58 +86,113 @@ UNIX_SOCKET = record_kind(0x0340, "unix_socket", cs.Struct(
     "name" / Str,                 # bound path, "@name" for an abstract name, "" unbound
 ), doc="an unconnected unix socket: type, bound name, listening")
 
+UnixRole = cs.Enum(cs.Int8ul, accepted=1, client=2, pending=3, sender=4, outside=5)
+
+UNIX_CONN = record_kind(0x0342, "unix_conn", cs.Struct(
+    "file_id" / cs.Int32ul,
+    "ino" / cs.Int64ul,
+    "peer_ino" / cs.Int64ul,      # accepted/client: the other end; pending: the listener;
+                                  # sender: the bound receiver; outside: the peer (not kept)
+    "type" / cs.Int32ul,
+    "role" / UnixRole,
+    "passcred" / cs.Flag,
+    "name" / Str,                 # getsockname(): the listener's path for an accepted end
+    "peer_name" / Str,            # getpeername()
+    "queue" / cs.PrefixedArray(cs.VarInt, Blob),
+), doc="a connected unix socket that is not an anonymous pair: an accepted end or its "
+       "client, a client waiting in a listener's accept queue, a datagram sender connected "
+       "to a bound socket of the tree, or a client of a listener outside the tree "
+       "(reconnected to peer_name); queue as in unix_pair")
+
+UNIX_DGRAM_QUEUE = record_kind(0x0343, "unix_dgram_queue", cs.Struct(
+    "file_id" / cs.Int32ul,
+    "ino" / cs.Int64ul,
+    "datagrams" / cs.PrefixedArray(cs.VarInt, cs.Struct(
+        "sender" / Str,           # the sender's address at the dump ("" unnamed); not restored
+        "data" / Blob,
+    )),
+), doc="datagrams queued on an unconnected bound unix datagram socket, in order; resent "
+       "at restore from a temporary unnamed socket")
+
+
+# --- inspecting a live socket ---------------------------------------------------------------
+
+def _name(raw) -> str:
+    if isinstance(raw, bytes):
+        return "@" + raw[1:].decode(errors="replace") if raw[:1] == b"\0" else raw.decode()
+    return raw or ""
+
+
+def _ioctl_int(s: socket.socket, req: int) -> int:
+    try:
+        return struct.unpack("i", fcntl.ioctl(s.fileno(), req, b"\0" * 4))[0]
+    except OSError:
+        return 0
+
 
 def _inspect(host_pid: int, fd: int) -> dict:
     from lxc_cr.resources import files
-    mine = files.getfd(host_pid, fd)
-    s = socket.socket(fileno=mine)
+    s = socket.socket(fileno=files.getfd(host_pid, fd))
     try:
         try:
-            s.getpeername()
-            connected = True
+            peer_name, connected = _name(s.getpeername()), True
         except OSError:
-            connected = False
-        name = s.getsockname()
-        if isinstance(name, bytes):
-            name = "@" + name[1:].decode(errors="replace") if name[:1] == b"\0" else name.decode()
-        listening = bool(s.getsockopt(SOL_SOCKET, SO_ACCEPTCONN))
-        try:
-            queued = struct.unpack("i", fcntl.ioctl(s.fileno(), SIOCINQ, b"\0" * 4))[0]
-        except OSError:
-            queued = 0
-        return dict(type=s.type & 0xF, connected=connected, name=name or "",
-                    listening=listening, queued=queued,
+            peer_name, connected = "", False
+        return dict(type=s.type & 0xF, connected=connected, name=_name(s.getsockname()),
+                    peer_name=peer_name, listening=bool(s.getsockopt(SOL_SOCKET, SO_ACCEPTCONN)),
+                    queued=_ioctl_int(s, SIOCINQ), outq=_ioctl_int(s, SIOCOUTQ),
                     passcred=bool(s.getsockopt(SOL_SOCKET, SO_PASSCRED)))
     finally:
         s.close()
 
 
-def _diag_peers() -> dict[int, int]:
-    """{socket inode: peer inode} of every connected unix socket of this net namespace."""
+def _icons(raw) -> list[int]:
+    """UNIX_DIAG_ICONS (u32 inodes), which pyroute2 hands over as "hh:hh:..." hex."""
+    if not raw:
+        return []
+    if isinstance(raw, str):
+        raw = bytes.fromhex(raw.replace(":", ""))
+    return [i for (i,) in struct.iter_unpack("<I", bytes(raw)[:len(raw) // 4 * 4])]
+
+
+def _diag_all() -> dict[int, dict]:
+    """{inode: {type, state, name, vfs (ino, major, minor), peer, icons}} of every unix
+    socket of this net namespace (sock_diag)."""
     from pyroute2 import DiagSocket
     out = {}
     with DiagSocket() as ds:
         ds.bind()
         for m in ds.get_sock_stats(family=socket.AF_UNIX):
-            peer = m.get_attr("UNIX_DIAG_PEER")
-            if peer:
-                out[m["udiag_ino"]] = peer
+            vfs = m.get_attr("UNIX_DIAG_VFS")
+            name = m.get_attr("UNIX_DIAG_NAME")
+            out[m["udiag_ino"]] = dict(
+                type=m["udiag_type"], state=m["udiag_state"], peer=m.get_attr("UNIX_DIAG_PEER"),
+                name=_name(name.encode("latin-1") if isinstance(name, str) else name),
+                vfs=(vfs["udiag_vfs_ino"], vfs["udiag_vfs_dev"] >> 20,
+                     vfs["udiag_vfs_dev"] & 0xFFFFF) if vfs else None,
+                icons=_icons(m.get_attr("UNIX_DIAG_ICONS")))
     return out
 
 
-def _peers(ctx, host_pid: int) -> dict[int, int]:
-    cache = ctx.__dict__.setdefault("_unix_peers", {})
+def _diag(ctx, host_pid: int) -> dict[int, dict]:
+    """sock_diag of the task's net namespace merged with ours (a peer outside the tree, or
+    a socket the restorer made, may live in either); socket inodes are unique."""
+    cache = ctx.__dict__.setdefault("_unix_diag", {})
     try:
         netns = os.stat(f"/proc/{host_pid}/ns/net").st_ino
     except OSError:
         netns = 0
+    mine = os.stat("/proc/self/ns/net").st_ino
+    if mine not in cache:
+        cache[mine] = _diag_all()
     if netns not in cache:
-        if netns == os.stat("/proc/self/ns/net").st_ino:
-            cache[netns] = _diag_peers()
-        else:
-            from lxc_cr.resources.namespaces import run_in
-            cache[netns] = run_in(host_pid, ("net",), _diag_peers)
-    return cache[netns]
+        from lxc_cr.resources.namespaces import run_in
+        cache[netns] = run_in(host_pid, ("net",), _diag_all)
+    return {**cache[mine], **cache[netns]}
+
+
+def _peers(ctx, host_pid: int) -> dict[int, int]:
+    return {ino: m["peer"] for ino, m in _diag(ctx, host_pid).items() if m["peer"]}
 
 
 def _tree_socket_inodes(ctx) -> set[int]:
@@ -116,37 +200,95 @@ def _tree_socket_inodes(ctx) -> set[int]:
     return {d.ino for ds in descs.values() for d in ds if d.kind == "unix socket"}
 
 
-def _problem(ctx, task, fd: int, ino: int, info: dict) -> list:
+def _outside_peer_ok(host_pid: int, info: dict, diag: dict) -> bool:
+    """The peer name is a path on the task's root where a socket of the right kind (a
+    listener for stream/seqpacket) is bound: found by its socket file's inode, or by name."""
+    path = info["peer_name"]
+    if not path or path.startswith("@"):
+        return False
+    try:
+        st = os.stat(f"/proc/{host_pid}/root/{path.lstrip('/')}" if path.startswith("/")
+                     else f"/proc/{host_pid}/cwd/{path}")
+    except OSError:
+        return False
+    if not stat.S_ISSOCK(st.st_mode):
+        return False
+    vfs = (st.st_ino, os.major(st.st_dev), os.minor(st.st_dev))
+    for m in diag.values():
+        if m["type"] != info["type"] or m["peer"]:
+            continue
+        if info["type"] != socket.SOCK_DGRAM and m["state"] != TCP_LISTEN:
+            continue
+        if (m["vfs"] and (m["vfs"] == vfs or m["vfs"][0] == st.st_ino)) or m["name"] == path:
+            return True
+    return False
+
+
+def _classify(ctx, task, fd: int, ino: int, info: dict):
+    """(role, peer inode) of a socket, or an Unsupported problem.  Roles: "plain" (an
+    unconnected socket), "queue" (bound datagram socket with queued datagrams), "pair",
+    and the UnixRole names."""
     comm = task.stat.comm
-    if info["connected"]:
-        peers = _peers(ctx, task.host_pid)
-        peer = peers.get(ino)
-        inodes = _tree_socket_inodes(ctx)
-        if peer is not None and peers.get(peer) != ino:
-            return [Unsupported(task.host_pid, comm, "unix socket connected to a bound "
-                                "socket (not a pair)", fd=fd)]
-        if peer is None or (inodes and peer not in inodes):
-            return [Unsupported(task.host_pid, comm, "unix socket connected to a peer "
-                                "outside the tree", fd=fd)]
-        if info["name"]:
-            return [Unsupported(task.host_pid, comm, "unix socket (accepted connection "
-                                f"of {info['name']})", fd=fd)]
-        return []
-    if info["queued"] and not info["listening"]:
-        return [Unsupported(task.host_pid, comm, "unix socket with queued data", fd=fd)]
-    return []
+    t = TYPE_NAMES.get(info["type"], f"type {info['type']}")
+
+    def refuse(what: str) -> Unsupported:
+        return Unsupported(task.host_pid, comm, f"unix {t} socket {what}", fd=fd)
+
+    if not info["connected"]:
+        if not info["queued"] or info["listening"]:
+            return "plain", 0
+        if info["type"] == socket.SOCK_DGRAM and info["name"]:
+            return "queue", 0
+        return refuse(f"with {info['queued']} bytes of queued data and no name to resend "
+                      f"them to")
+    diag = _diag(ctx, task.host_pid)
+    peer = (diag.get(ino) or {}).get("peer")
+    pn = info["peer_name"] or "an unnamed socket"
+    inodes = _tree_socket_inodes(ctx)
+    if peer and peer in inodes:
+        mutual = (diag.get(peer) or {}).get("peer") == ino
+        if mutual:
+            if not info["name"] and not info["peer_name"]:
+                return "pair", peer
+            if info["type"] == socket.SOCK_DGRAM:
+                return refuse(f"{info['name'] or 'unnamed'} connected to {pn} both ways")
+            accepted = bool(info["name"]) and (not info["peer_name"] or ino < peer)
+            return ("accepted" if accepted else "client"), peer
+        if info["type"] == socket.SOCK_DGRAM:
+            if info["queued"]:
+                return refuse(f"connected to {pn} with {info['queued']} bytes queued on it")
+            return "sender", peer
+        return refuse(f"connected to {pn}, which is closed")
+    if info["type"] != socket.SOCK_DGRAM:
+        for lino in inodes:     # UNIX_DIAG_ICONS: the clients of the embryos in the queue
+            if ino in (diag.get(lino) or {}).get("icons", ()):
+                if info["queued"] or info["outq"]:
+                    return refuse(f"waiting in the accept queue of {pn} with "
+                                  f"{info['outq']} bytes sent")
+                return "pending", lino
+    if _outside_peer_ok(task.host_pid, info, diag):
+        unread = info["queued"] + (info["outq"] if info["type"] != socket.SOCK_DGRAM else 0)
+        if unread:
+            return refuse(f"connected to {pn} outside the tree with unread data "
+                          f"({info['queued']} bytes in, {info['outq']} bytes out)")
+        return "outside", peer or 0
+    what = "a listening socket" if info["type"] != socket.SOCK_DGRAM else "a bound socket"
+    return refuse(f"connected to a peer outside the tree ({pn}, socket inode {peer or '?'}; "
+                  f"not {what} reachable at that path on the tree's root)")
 
 
 def check(ctx, task, d) -> list:
     try:
         info = _inspect(task.host_pid, d.fd)
+        got = _classify(ctx, task, d.fd, d.ino, info)
     except Exception:
         return [Unsupported(task.host_pid, task.stat.comm, "unix socket", fd=d.fd)]
-    return _problem(ctx, task, d.fd, d.ino, info)
+    return [got] if isinstance(got, Unsupported) else []
 
 
-def _peek_queue(host_pid: int, fd: int, typ: int) -> list[bytes]:
-    """Everything queued on the socket, without consuming it (SO_PEEK_OFF + MSG_PEEK)."""
+def _peek_queue(host_pid: int, fd: int, typ: int, senders: bool = False) -> list:
+    """Everything queued on the socket, without consuming it (SO_PEEK_OFF + MSG_PEEK);
+    with ``senders``, (sender name, datagram) items."""
     from lxc_cr.resources import files
     s = socket.socket(fileno=files.getfd(host_pid, fd))
     try:
@@ -155,12 +297,12 @@ def _peek_queue(host_pid: int, fd: int, typ: int) -> list[bytes]:
         try:
             while True:
                 try:
-                    data = s.recv(1 << 20, MSG_PEEK | MSG_DONTWAIT)
+                    data, addr = s.recvfrom(1 << 20, MSG_PEEK | MSG_DONTWAIT)
                 except BlockingIOError:
                     break
                 if not data:
                     break
-                out.append(data)
+                out.append((_name(addr), data) if senders else data)
         finally:
             s.setsockopt(SOL_SOCKET, SO_PEEK_OFF, -1)
         if typ == socket.SOCK_STREAM:
@@ -175,25 +317,55 @@ def dump(ctx, task, d, file_id) -> None:
     if not files.once(ctx, "unix_sockets", file_id):
         return
     info = _inspect(task.host_pid, d.fd)
-    problems = _problem(ctx, task, d.fd, d.ino, info)   # the state may have changed since
-    if problems:
-        raise problems[0]
-    if info["connected"]:
+    got = _classify(ctx, task, d.fd, d.ino, info)   # the state may have changed since
+    if isinstance(got, Unsupported):
+        raise got
+    role, peer = got
+    typ = info["type"]
+    if role == "pair":
         ctx.writer.add(UNIX_PAIR, dict(file_id=file_id, peer_file_id=0, ino=d.ino,
-                                       peer_ino=_peers(ctx, task.host_pid)[d.ino],
-                                       type=info["type"],
-                                       queue=_peek_queue(task.host_pid, d.fd, info["type"])))
+                                       peer_ino=peer, type=typ,
+                                       queue=_peek_queue(task.host_pid, d.fd, typ)))
         return
-    ctx.writer.add(UNIX_SOCKET, dict(file_id=file_id, type=info["type"],
-                                      listening=info["listening"],
-                                      passcred=info["passcred"], name=info["name"]))
+    if role in ("plain", "queue"):
+        ctx.writer.add(UNIX_SOCKET, dict(file_id=file_id, type=typ,
+                                          listening=info["listening"],
+                                          passcred=info["passcred"], name=info["name"]))
+        if role == "queue":
+            items = _peek_queue(task.host_pid, d.fd, typ, senders=True)
+            ctx.writer.add(UNIX_DGRAM_QUEUE, dict(
+                file_id=file_id, ino=d.ino,
+                datagrams=[dict(sender=a, data=b) for a, b in items]))
+        return
+    queue = _peek_queue(task.host_pid, d.fd, typ) if role in ("accepted", "client") else []
+    ctx.writer.add(UNIX_CONN, dict(file_id=file_id, ino=d.ino, peer_ino=peer, type=typ,
+                                   role=role, passcred=info["passcred"], name=info["name"],
+                                   peer_name=info["peer_name"], queue=queue))
 
 
-def prepare(ctx) -> None:
-    """Connected pairs: made here, queues refilled, both ends passed into the init."""
-    from lxc_cr.resources import files
-    ends = {r.ino: r for r in ctx.records.get("unix_pair", [])}
+# --- restore: sockets made in the tree's namespaces by a helper ------------------------------
+
+def _plan(ctx) -> tuple[list, dict]:
+    """The steps for the helper, and {file_id: flags} of the sockets it makes."""
+    ino_fid = {}
+    for r in ctx.records["fd"]:
+        if r.kind == "unix socket" and r.target.startswith("socket:["):
+            ino_fid[int(r.target[8:-1])] = r.file_id
     flags = {r.file_id: r.flags for r in ctx.records["fd"] if r.kind == "unix socket"}
+    sockets = {r.file_id: r for r in ctx.records.get("unix_socket", [])}
+    queues = {r.file_id: r for r in ctx.records.get("unix_dgram_queue", [])}
+    conns = list(ctx.records.get("unix_conn", []))
+    by_ino = {c.ino: c for c in conns}
+
+    def sock_of(ino: int, what: str):
+        u = sockets.get(ino_fid.get(ino))
+        if u is None:
+            raise RestoreFailed(f"{ctx.path}: unix socket {what}: socket inode {ino} is "
+                                f"not in the image")
+        return u
+
+    steps = []
+    ends = {r.ino: r for r in ctx.records.get("unix_pair", [])}
     done = set()
     for ino, a in ends.items():
         if ino in done:
@@ -203,22 +375,186 @@ def prepare(ctx) -> None:
             raise RestoreFailed(f"{ctx.path}: unix socket {ino}: its peer {a.peer_ino} "
                                 f"is not in the image")
         done.update((ino, b.ino))
-        sa, sb = socket.socketpair(socket.AF_UNIX, a.type)
-        try:
-            for mine, other, rec in ((sa, sb, a), (sb, sa, b)):
-                for item in rec.queue:
-                    other.sendall(bytes(item)) if a.type == socket.SOCK_STREAM \
-                        else other.send(bytes(item))
-            for sock, rec in ((sa, a), (sb, b)):
-                fd = sock.detach()
-                if flags.get(rec.file_id, 0) & O_NONBLOCK:
-                    os.set_blocking(fd, False)
-                files.inherit(ctx, rec.file_id, fd)
-        except BaseException:
-            sa.close()
-            sb.close()
-            raise
+        steps.append(("pair", a.type, (a.file_id, list(map(bytes, a.queue))),
+                      (b.file_id, list(map(bytes, b.queue)))))
+    # bound sockets made here: receivers with a queue or senders, listeners with pending
+    here = set(queues)
+    for c in conns:
+        if c.role in ("pending", "sender"):
+            here.add(sock_of(c.peer_ino, f"{c.role} {c.ino}").file_id)
+    for fid in sorted(here):
+        u = sockets[fid]
+        q = queues.get(fid)
+        steps.append(("bound", fid, u.type, u.name, u.listening, u.passcred,
+                      [bytes(x.data) for x in q.datagrams] if q else []))
+    for c in conns:
+        if c.role == "accepted":
+            cl = by_ino.get(c.peer_ino)
+            if cl is None:
+                raise RestoreFailed(f"{ctx.path}: unix socket {c.ino} (accepted from "
+                                    f"{c.name}): its client {c.peer_ino} is not in the image")
+            lid = next((f for f in here if sockets[f].listening and sockets[f].name == c.name
+                        and sockets[f].type == c.type), None)
+            steps.append(("conn", c.type, lid,
+                          (c.file_id, c.name, c.passcred, list(map(bytes, c.queue))),
+                          (cl.file_id, cl.name, cl.passcred, list(map(bytes, cl.queue)))))
+    for role in ("pending", "sender", "outside"):
+        for c in conns:
+            if c.role == role:
+                target = sock_of(c.peer_ino, role).file_id if role != "outside" else None
+                steps.append((role, c.file_id, c.type, c.name, c.passcred, c.peer_name,
+                              target))
+    made = {fid for s in steps for fid in _step_ids(s)}
+    return steps, {fid: flags.get(fid, 0) for fid in made}
 
+
+def _step_ids(step) -> list[int]:
+    kind = step[0]
+    if kind == "pair":
+        return [step[2][0], step[3][0]]
+    if kind == "conn":
+        return [step[3][0], step[4][0]]
+    return [step[1]]
+
+
+def _addr(name: str):
+    return b"\0" + name[1:].encode() if name.startswith("@") else name
+
+
+def _unlink_stale_here(name: str) -> bool:
+    """In the helper (the tree's root): remove a socket file left at a path; True if one
+    stood there.  Anything that is not a socket is left alone (bind then fails)."""
+    if not name or name.startswith("@"):
+        return False
+    try:
+        if stat.S_ISSOCK(os.lstat(name).st_mode):
+            os.unlink(name)
+            return True
+    except FileNotFoundError:
+        pass
+    return False
+
+
+def _new(typ: int, name: str = "", passcred: bool = False) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, typ)
+    s.settimeout(HELPER_TIMEOUT)
+    if passcred:
+        s.setsockopt(SOL_SOCKET, SO_PASSCRED, 1)
+    if name:
+        _unlink_stale_here(name)
+        s.bind(_addr(name))
+    return s
+
+
+def _refill(typ: int, sender: socket.socket, items: list[bytes]) -> None:
+    for item in items:
+        sender.sendall(item) if typ == socket.SOCK_STREAM else sender.send(item)
+
+
+def _build_in_ns(steps: list, chan_fd: int) -> str:
+    """Run in the helper, inside the init's net and mount namespaces: make every socket
+    of ``steps`` and send them back over ``chan_fd`` ((file_id, fd) batches).  Returns ""
+    or the first failure, naming the socket."""
+    made: dict[int, socket.socket] = {}
+    what = ""
+    try:
+        for step in steps:
+            kind = step[0]
+            what = f"{kind} {step[1:3] if kind != 'conn' else step[3][1]}"
+            if kind == "pair":
+                _, typ, (fa, qa), (fb, qb) = step
+                sa, sb = socket.socketpair(socket.AF_UNIX, typ)
+                made[fa], made[fb] = sa, sb
+                sa.settimeout(HELPER_TIMEOUT)
+                sb.settimeout(HELPER_TIMEOUT)
+                _refill(typ, sb, qa)
+                _refill(typ, sa, qb)
+            elif kind == "bound":
+                _, fid, typ, name, listening, passcred, datagrams = step
+                what = f"{TYPE_NAMES.get(typ)} socket {name or '(unnamed)'}"
+                s = made[fid] = _new(typ, name, passcred)
+                if listening:
+                    s.listen(DEFAULT_BACKLOG)
+                if datagrams:
+                    with _new(typ) as tmp:
+                        for dg in datagrams:
+                            tmp.sendto(dg, _addr(name))
+            elif kind == "conn":
+                _, typ, lid, (fa, name, pa, qa), (fc, cname, pc, qc) = step
+                what = f"connection accepted from {name}"
+                stale = False
+                if lid is not None:
+                    lst = made[lid]
+                else:
+                    stale = _unlink_stale_here(name)
+                    lst = _new(typ, name)
+                    lst.listen(1)
+                c = made[fc] = _new(typ, cname, pc)
+                c.connect(_addr(name))
+                a, _ = lst.accept()
+                made[fa] = a
+                a.settimeout(HELPER_TIMEOUT)
+                if pa:
+                    a.setsockopt(SOL_SOCKET, SO_PASSCRED, 1)
+                if lid is None:
+                    lst.close()
+                    if not stale and not name.startswith("@"):
+                        os.unlink(name)
+                _refill(typ, c, qa)
+                _refill(typ, a, qc)
+            else:                                   # pending, sender, outside
+                _, fid, typ, name, passcred, peer_name, _target = step
+                what = f"{kind} socket connected to {peer_name or '(unnamed)'}"
+                s = made[fid] = _new(typ, name, passcred)
+                s.connect(_addr(peer_name))          # target (if any) is made already
+        chan = socket.socket(fileno=chan_fd)
+        ids = list(made)
+        for i in range(0, len(ids), 200):
+            chunk = ids[i:i + 200]
+            socket.send_fds(chan, [struct.pack(f"<{len(chunk)}i", *chunk)],
+                            [made[f].fileno() for f in chunk])
+        return ""
+    except OSError as e:
+        return f"{what}: {e.strerror or e}"
+
+
+def prepare(ctx) -> None:
+    """Every socket that is not a plain unconnected one: made by a helper in the init's
+    net and mount namespaces, then inherited by every task (files.inherit)."""
+    from lxc_cr.resources import files
+    from lxc_cr.resources.namespaces import run_in
+    steps, flags = _plan(ctx)
+    if not steps:
+        return
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    got: dict[int, int] = {}
+    try:
+        err = run_in(ctx.init_remote.t.pid, ("net", "mnt"), _build_in_ns, steps, theirs.fileno())
+        theirs.close()
+        if err:
+            raise RestoreFailed(f"unix socket: {err}")
+        mine.setblocking(False)
+        while len(got) < len(flags):
+            try:
+                data, fds, _, _ = socket.recv_fds(mine, 4096, 253)
+            except BlockingIOError:
+                break
+            ids = struct.unpack(f"<{len(data) // 4}i", data)
+            got.update(zip(ids, fds))
+        if set(got) != set(flags):
+            raise RestoreFailed(f"unix socket: the helper sent {len(got)} of "
+                                f"{len(flags)} sockets")
+        for fid, fd in list(got.items()):
+            os.set_blocking(fd, not flags[fid] & O_NONBLOCK)
+            files.inherit(ctx, fid, got.pop(fid))
+    finally:
+        mine.close()
+        theirs.close()
+        for fd in got.values():
+            os.close(fd)
+
+
+# --- restore: an unconnected socket, in its task ---------------------------------------------
 
 def _sockaddr(name: str) -> bytes:
     if name.startswith("@"):

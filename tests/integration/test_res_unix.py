@@ -1,12 +1,33 @@
-"""Resources: socketpairs with unread stream bytes (both directions) and unread datagrams
-are delivered intact after ``tree dump`` + ``tree restore``."""
+"""Resources: unix sockets after ``tree dump`` + ``tree restore``.
+
+- socketpairs with unread stream bytes (both directions) and unread datagrams;
+- a server that accept()ed two clients over a path socket (stream, seqpacket), numbered
+  records queued unread both ways on every end: no gap and no duplicate after the restore,
+  getsockname/getpeername still the listener's path; a third client left in the accept
+  queue is accepted after the restore;
+- datagram senders connect()ed to a bound receiver (the syslog case) with datagrams queued
+  on it: every sender's sequence continues without gap or duplicate;
+- a client of a listener outside the tree (run by the test, same filesystem): reconnected
+  at the restore, its numbered exchange continues; refused while a record is in flight.
+"""
 
 from __future__ import annotations
 
-import pytest
+import json
+import socket
+import threading
 
-from treeutil import (assert_continued, build, dump_kill, harness_fixture, read_state,
-                      wait_state)
+import pytest
+from treeutil import (
+    UNSUPPORTED_RE,
+    assert_continued,
+    build,
+    dump_kill,
+    harness_fixture,
+    read_state,
+    wait_for,
+    wait_state,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -28,3 +49,182 @@ def test_socketpair_queues_survive(tree):
     assert after["result"] == "ok", after["got"]
     assert after["got"] == "hello-stream|back|d1,d2,d3"
     assert_continued(before, after)
+
+
+def records(tree, image, section: str) -> list[dict]:
+    res = tree.cli("inspect", image, "--json", "--section", section)
+    assert res.rc == 0, res.describe()
+    return [r["fields"] for r in json.loads(res.out)["records"]]
+
+
+def states(d, names) -> dict[str, dict]:
+    return {n: read_state(d / n) for n in names}
+
+
+def progressed(before: dict, key: str, by: int):
+    return lambda s: int(s.get(key, 0)) >= int(before[key]) + by
+
+
+@pytest.mark.parametrize("kind,pending", [("stream", True), ("seqpacket", False)])
+def test_accepted_connections_survive(tree, kind, pending):
+    binary = build("res_unixconn")
+    d = tree.dir(f"unixconn-{kind}")
+    path = str(d / "srv.sock")
+    ends = ["server", "client1", "client2"]
+
+    def ready():
+        s = states(d, ends + (["client3"] if pending else []))
+        return all(int(s[n].get("counter", 0)) >= 5 for n in ends) and \
+            (not pending or s["client3"].get("connected") == "1")
+    wl = tree.launch([binary, d, kind] + (["pending"] if pending else []), ready=ready)
+    dump_kill(tree, wl.root, d / "img")
+    conns = records(tree, d / "img", "unix_conn")
+    roles = sorted(c["role"] for c in conns)
+    assert roles == sorted(["accepted"] * 2 + ["client"] * 2 + (["pending"] if pending else []))
+    assert all(c["queue"] for c in conns if c["role"] != "pending"), \
+        "every connected end should have had unread records at the dump"
+    before = states(d, ends)
+    tree.restore(d / "img")
+    after = {n: wait_state(d / n, progressed(before[n], "rcvd0", 40),
+                           f"{n} to read 40 more records") for n in ends}
+    after["server"] = wait_state(d / "server", progressed(before["server"], "rcvd1", 40),
+                                 "the server to read 40 more records from its 2nd client")
+    for n in ends:
+        assert_continued(before[n], after[n], what=n)
+        for i in ((0, 1) if n == "server" else (0,)):
+            assert after[n][f"bad{i}"] == "0", f"{n} end {i}: record out of sequence"
+    srv = after["server"]
+    assert srv["listener"] == path
+    assert (srv["name0"], srv["peer0"], srv["name1"], srv["peer1"]) == (path, "", path, "")
+    for n in ("client1", "client2"):
+        assert (after[n]["name0"], after[n]["peer0"]) == ("", path), n
+    (d / "more").write_text("")
+    if pending:
+        c3 = wait_state(d / "client3", lambda s: s.get("got") == "hi",
+                        "the client left in the accept queue to be accepted")
+        assert c3["peer"] == path
+    with socket.socket(socket.AF_UNIX, getattr(socket, f"SOCK_{kind.upper()}")) as s:
+        s.settimeout(30)
+        s.connect(path)
+        assert s.recv(16) == b"hi", "the restored listener did not accept a new client"
+
+
+def test_dgram_senders_connected_to_bound_receiver(tree):
+    binary = build("res_unixdgram")
+    d = tree.dir("unixdgram")
+    path = str(d / "log.sock")
+    names = ["receiver", "sender1", "sender2"]
+
+    def ready():
+        s = states(d, names)
+        return int(s["receiver"].get("counter", 0)) > 15 and \
+            all(int(s[n].get("sent", 0)) >= 12 for n in names[1:])
+    wl = tree.launch([binary, d], ready=ready)
+    dump_kill(tree, wl.root, d / "img")
+    before = states(d, names)
+    queued = records(tree, d / "img", "unix_dgram_queue")
+    assert len(queued) == 1 and queued[0]["datagrams"], "no datagram was queued at the dump"
+    assert sorted(c["role"] for c in records(tree, d / "img", "unix_conn")) == ["sender"] * 2
+    tree.restore(d / "img")
+    for i in (1, 2):
+        wait_state(d / "receiver",
+                   lambda s, i=i: int(s.get(f"rcvd{i}", 0)) >= int(before[f"sender{i}"]["sent"]) + 20,
+                   f"the receiver to get every queued and 20 new datagrams of sender {i}")
+    after = states(d, names)
+    assert after["receiver"]["bad"] == "0", after["receiver"]["bad"]
+    assert after["receiver"]["name"] == path
+    for n in names:
+        assert_continued(before[n], after[n], what=n)
+    for n in names[1:]:
+        assert (after[n]["name"], after[n]["peer"]) == ("", path), n
+
+
+class EchoServer(threading.Thread):
+    """A listener outside the tree: echoes every 16-byte record, logging its number;
+    ``hold`` stops it reading (a record sent then stays unread)."""
+
+    def __init__(self, path: str):
+        super().__init__(daemon=True)
+        self.lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.lst.bind(path)
+        self.lst.listen(4)
+        self.got: list[int] = []
+        self.connections = 0
+        self.hold = threading.Event()
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            try:
+                c, _ = self.lst.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
+
+    def serve(self, c: socket.socket):
+        with c:
+            buf = b""
+            while not self.done.is_set():
+                if self.hold.is_set():
+                    self.done.wait(0.01)
+                    continue
+                c.settimeout(0.05)
+                try:
+                    data = c.recv(16 - len(buf))
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                if len(buf) == 16:
+                    self.got.append(int(buf))
+                    c.sendall(buf)
+                    buf = b""
+
+    def close(self):
+        self.done.set()
+        self.lst.close()
+
+
+def test_client_of_listener_outside_the_tree(tree):
+    binary = build("res_unixout")
+    d = tree.dir("unixout")
+    path = str(d / "ext.sock")
+    st = d / "state"
+    srv = EchoServer(path)
+    srv.start()
+    try:
+        wl = tree.launch([binary, path, d], ready=lambda: int(read_state(st).get("rounds", 0)) >= 20)
+        # a record in flight (the server holds it unread): refused, naming the peer
+        srv.hold.set()
+        res = wait_for_refusal(tree, wl.root, path)
+        assert "unread data" in res, res
+        (d / "hold").write_text("")
+        srv.hold.clear()
+        wait_state(st, lambda s: s.get("held") == "1", "the client to hold")
+        dump_kill(tree, wl.root, d / "img")
+        before = read_state(st)
+        assert [c["role"] for c in records(tree, d / "img", "unix_conn")] == ["outside"]
+        tree.restore(d / "img")
+        (d / "hold").unlink()
+        after = wait_state(st, progressed(before, "rounds", 30), "30 more rounds after restore")
+        assert_continued(before, after)
+        assert after["bad"] == "0" and after["peer"] == path
+        assert srv.connections == 2, "the restored client should have connected again"
+        got = list(srv.got)
+        assert got == list(range(1, len(got) + 1)), "records lost or repeated at the server"
+    finally:
+        srv.close()
+
+
+def wait_for_refusal(tree, root: int, path: str) -> str:
+    """``lxc-cr check ROOT`` until it refuses the client's socket (a record in flight)."""
+    def refused():
+        res = tree.cli("check", root)
+        lines = [ln for ln in res.out.splitlines() + res.err.splitlines()
+                 if UNSUPPORTED_RE.search(ln) and path in ln]
+        return lines[0] if res.rc == 1 and lines else None
+    return wait_for(refused, "check to refuse the connection with a record in flight")
