@@ -14,20 +14,14 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 
 import pytest
-from treeutil import (
-    UNSUPPORTED_RE,
-    assert_continued,
-    build,
-    dump_kill,
-    harness_fixture,
-    read_state,
-    wait_for,
-    wait_state,
-)
+
+from treeutil import (UNSUPPORTED_RE, assert_continued, assert_one_error_line, build,
+                      dump_kill, harness_fixture, read_state, wait_for, wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -140,13 +134,13 @@ def test_dgram_senders_connected_to_bound_receiver(tree):
 
 
 class EchoServer(threading.Thread):
-    """A listener outside the tree: echoes every 16-byte record, logging its number;
-    ``hold`` stops it reading (a record sent then stays unread)."""
+    """A listener outside the tree (a path, or "@name" abstract): echoes every 16-byte
+    record, logging its number; ``hold`` stops it reading (a record sent stays unread)."""
 
     def __init__(self, path: str):
         super().__init__(daemon=True)
         self.lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.lst.bind(path)
+        self.lst.bind(b"\0" + path[1:].encode() if path.startswith("@") else path)
         self.lst.listen(4)
         self.got: list[int] = []
         self.connections = 0
@@ -216,6 +210,29 @@ def test_client_of_listener_outside_the_tree(tree):
         assert srv.connections == 2, "the restored client should have connected again"
         got = list(srv.got)
         assert got == list(range(1, len(got) + 1)), "records lost or repeated at the server"
+    finally:
+        srv.close()
+
+
+def test_client_of_abstract_listener_outside_is_refused(tree):
+    binary = build("res_unixout")
+    d = tree.dir("unixabs")
+    name = f"@lxccr-test-{os.getpid()}-{d.name}"
+    srv = EchoServer(name)
+    srv.start()
+    try:
+        wl = tree.launch([binary, name, d],
+                         ready=lambda: int(read_state(d / "state").get("rounds", 0)) >= 3)
+        res = tree.cli("check", wl.root)
+        assert res.rc == 1, res.describe()
+        m = [UNSUPPORTED_RE.search(ln) for ln in res.out.splitlines() + res.err.splitlines()]
+        m = [x for x in m if x and name in x.group(4)]
+        assert m and int(m[0].group(1)) == wl.root and m[0].group(3) == "3", res.describe()
+        assert "connected to a peer outside the tree" in m[0].group(4)
+        assert not (d / "img").exists()
+        dump = tree.cli("tree", "dump", wl.root, d / "img")
+        assert dump.rc == 1 and name in assert_one_error_line(dump), dump.describe()
+        assert not (d / "img").exists()
     finally:
         srv.close()
 

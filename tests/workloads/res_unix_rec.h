@@ -40,7 +40,8 @@ static int __attribute__((unused)) rec_recv(int fd, struct rx *r)
 	return 1;
 }
 
-/* A sockaddr_un for path; its length, or 0 if the path does not fit. */
+/* A sockaddr_un for path ("@name": the abstract name); its length, or 0 if it does not
+ * fit. */
 static socklen_t __attribute__((unused)) unix_addr(struct sockaddr_un *a, const char *path)
 {
 	size_t n = strlen(path);
@@ -49,7 +50,10 @@ static socklen_t __attribute__((unused)) unix_addr(struct sockaddr_un *a, const 
 	if (n >= sizeof a->sun_path)
 		return 0;
 	memcpy(a->sun_path, path, n);
-	return sizeof *a;
+	if (path[0] != '@')
+		return sizeof *a;
+	a->sun_path[0] = 0;
+	return sizeof(sa_family_t) + n;
 }
 
 /* getsockname (self) or getpeername of fd as a string ("" unnamed, "@x" abstract). */

@@ -2,7 +2,7 @@
  * time, sends numbered 16-byte records and waits for each to come back; while DIR/hold
  * exists it only counts (nothing in flight, so it can be checkpointed).
  *
- * usage: res_unixout PATH DIR
+ * usage: res_unixout PATH DIR      (PATH "@name": an abstract name)
  * State file DIR/state: boot= counter= rounds= held=0|1 bad= peer= (bad: 0, or the first
  * reply out of sequence).
  */
