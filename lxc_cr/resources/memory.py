@@ -44,7 +44,7 @@ SPECIAL = {"[vdso]": "vdso", "[vvar]": "vvar", "[vvar_vclock]": "vvar_vclock"}
 MADV_BITS = {"gd": 1, "dc": 2, "wf": 4, "hg": 8, "nh": 16, "dd": 32, "mg": 64}
 MADVISE = {2: 10, 4: 18, 8: 14, 16: 15, 32: 16, 64: 12}   # bit -> MADV_* (DONTFORK ...)
 TASK_SIZE = 0x7FFFFFFFF000  # x86_64, 4-level page tables
-MAX_RUN = 64 << 20          # bytes per data block
+MAX_RUN = 16 << 20          # bytes per data block (and per reused read buffer)
 
 
 def classify(m) -> str | None:
