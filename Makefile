@@ -12,7 +12,7 @@ VENV_STAMP   := $(VENV)/.lxccr-installed
 TEST_TIMEOUT ?= 2100
 PYTEST_ARGS  ?=
 
-.PHONY: demo test setup root
+.PHONY: demo test setup root bench
 
 root:
 	@[ "$$(id -u)" -eq 0 ] || { echo "make: lxc-cr needs root (run as root)" >&2; exit 1; }
@@ -51,3 +51,9 @@ test: setup
 
 demo: setup
 	integration/demo.sh
+
+# benchmarks (not part of make test): ratios against a raw copy measured in the same run;
+# a table on stdout, JSON in benchmarks/results/.  BENCH_ARGS=--quick for a short run.
+BENCH_ARGS ?=
+bench: setup
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
