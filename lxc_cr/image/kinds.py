@@ -87,7 +87,7 @@ RECORD_MODULES = (
     "lxc_cr.resources.pipes", "lxc_cr.resources.ghost_files", "lxc_cr.resources.memfd",
     "lxc_cr.resources.eventfds", "lxc_cr.resources.epoll", "lxc_cr.resources.unix_sockets",
     "lxc_cr.resources.inet_sockets", "lxc_cr.resources.tcp_established",
-    "lxc_cr.resources.sysv_ipc", "lxc_cr.resources.inotify",
+    "lxc_cr.resources.sysv_ipc", "lxc_cr.resources.inotify", "lxc_cr.resources.packet_sockets",
     "lxc_cr.runtime.records", "lxc_cr.stats",
     "lxc_cr.resources.ttys",
 )

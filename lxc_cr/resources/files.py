@@ -489,7 +489,7 @@ def _register() -> None:
     _registered = True
     import importlib
     for name in ("pipes", "ghost_files", "memfd", "eventfds", "epoll", "unix_sockets",
-                 "inet_sockets", "inotify"):
+                 "inet_sockets", "inotify", "packet_sockets"):
         try:
             mod = importlib.import_module(f"lxc_cr.resources.{name}")
         except ModuleNotFoundError as e:
