@@ -176,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args) or 0
     except LxcCrError as e:
         if getattr(args, "debug", False):
+    rc = sub.add_parser("recover", help="thaw what a killed lxc-cr left frozen, remove its "
+                        "partial images")
+    _add_common(rc)
             import traceback
             traceback.print_exc()
         sys.stderr.write(f"{PROG}: error: {e}\n")
@@ -207,6 +210,9 @@ def lxc_checkpoint_main(argv: list[str] | None = None) -> int:
     g.add_argument("-F", "--foreground", action="store_true", help="restore in the foreground")
     p.add_argument("-P", "--lxcpath", default=None, help="LXC path")
     args = p.parse_args(argv)
+    if args.cmd == "recover":
+        from lxc_cr import intent
+        return intent.run(args)
     from lxc_cr.errors import LxcCrError
     try:
         from lxc_cr.runtime import lxc as lxc_runtime

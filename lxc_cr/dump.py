@@ -17,12 +17,13 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from lxc_cr import faults
+from lxc_cr import faults, intent
 from lxc_cr import progress as progress_bar
 from lxc_cr.errors import OperationFailed, Refused, TaskGone, UnknownTarget
 from lxc_cr.kernel.procfs import Proc
 from lxc_cr.stats import DUMP_STATS, us
-from lxc_cr.kernel.ptrace import O_TRACESYSGOOD, Remote, Tracee, find_syscall_insn, reap
+from lxc_cr.kernel.ptrace import (O_TRACESYSGOOD, PTRACE_SYSCALL, Remote, Tracee,
+                                  find_syscall_insn, reap)
 
 PAGE = 4096
 ALL_SIGNALS = (1 << 64) - 1 & ~((1 << 8) | (1 << 18))   # all but SIGKILL, SIGSTOP
@@ -229,6 +230,7 @@ def freeze(proc: Proc, tasks: list[TaskState], freezer=None) -> list[TaskState]:
     if freezer is not None:
         pending = []
         with freezer:
+            faults.step("dump", "cgroup frozen")
             tasks = discover_frozen(proc, root, tasks)
             for t in tasks:
                 if t.zombie:
@@ -317,6 +319,47 @@ def release(tasks: list[TaskState]) -> None:
             t.mem_fd = -1
 
 
+class GuardedRemote(Remote):
+    """Injected syscalls that leave the thread as it was between calls, so that if lxc-cr
+    dies (SIGKILL) while the tree is stopped, every thread the kernel detaches runs on from
+    where it was stopped:
+
+    - all signals are blocked only during a call; the thread's own registers and signal
+      mask are back right after it;
+    - the syscall is run with PTRACE_SYSCALL (entry stop, exit stop), not single-stepped:
+      a tracer's death detaches without clearing the trap flag a PTRACE_SINGLESTEP leaves
+      set (exit_ptrace skips ptrace_disable), and the thread would die of SIGTRAP at its
+      next instruction.
+
+    Only the instant of one injected syscall is exposed.  Needs PTRACE_O_TRACESYSGOOD.
+    """
+
+    def __init__(self, tracee, syscall_ip, base, mem_fd, sigmask: int):
+        super().__init__(tracee, syscall_ip, base, mem_fd)
+        self.sigmask = sigmask
+
+    def call(self, name: str, *args: int, expect_exit: bool = False) -> int:
+        self.t.set_sigmask(ALL_SIGNALS)
+        try:
+            self._load(name, args)
+            for _ in range(2):                  # syscall-entry stop, then syscall-exit stop
+                self.t._resume(PTRACE_SYSCALL)
+                while True:
+                    st = self.t.wait()
+                    if st.exited:
+                        if expect_exit:
+                            return 0
+                        raise TaskGone(self.t.tid, f"exited during injected {name}()")
+                    if st.sig == signal.SIGTRAP | 0x80:
+                        break
+                    self.t._resume(PTRACE_SYSCALL)   # an event stop on the way
+            return self._result(name, args)
+        finally:
+            if self.t.state.value == "stopped":
+                self.t.setregs(self.base)
+                self.t.set_sigmask(self.sigmask)
+
+
 # --- the dump -----------------------------------------------------------------------------
 
 def dump_tree(root_pid: int, image: str, leave_running: bool = False,
@@ -331,6 +374,7 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
     from lxc_cr.resources import threads as threads_mod
 
     t0 = time.monotonic()
+    intent.recover_target(source_kind, source_name or str(root_pid))   # a killed earlier dump
     proc = Proc()
     tasks = discover(proc, root_pid)
     managed = source_kind != "tree"
@@ -342,6 +386,8 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
     ctx.pipe_inode_count = pipe_count
     ctx.tcp_established = tcp_established
     killed = False
+    # before anything is frozen: what to undo if this process dies (intent.py)
+    held = intent.begin(source_kind, source_name or str(root_pid), image, freezer)
     try:
         tasks = freeze(proc, tasks, freezer)
         t_frozen = time.monotonic()
@@ -396,6 +442,7 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
         with ImageReader(image) as r:
             r.verify(blocks=False)   # records + index + bounds; block crcs computed while writing
         faults.step("dump", "verified")
+        held.end()              # the image is complete: a crash from here on loses nothing
         if not leave_running:
             for t in tasks:
                 try:
@@ -423,6 +470,7 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
                     os.close(t.mem_fd)
                     t.mem_fd = -1
             _reap(tasks)
+        held.end()
     t_end = time.monotonic()
     return {
         "freezing_time": int((t_frozen - t0) * 1e6),
@@ -479,8 +527,7 @@ def _prepare(proc: Proc, t: TaskState) -> None:
         tr = th.tracee
         th.regs = tr.getregs()
         th.sigmask = tr.get_sigmask()
-        tr.set_sigmask(ALL_SIGNALS)
-        th.remote = Remote(tr, ip, th.regs, t.mem_fd)
+        th.remote = GuardedRemote(tr, ip, th.regs, t.mem_fd, th.sigmask)
         st = proc.status(t.host_pid, tid=th.host_tid)
         th.creds = proc.creds(t.host_pid, tid=th.host_tid)
         th.comm = st.get("Name", "")

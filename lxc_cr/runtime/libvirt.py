@@ -213,8 +213,10 @@ def restore(path: str, uri: str | None = None, paused: bool = False,
 
 
 def _restore(path, uri, paused, running, name, xml) -> dict:
+    from lxc_cr.intent import recover_target
     from lxc_cr.kernel.ptrace import O_EXITKILL, Tracee
     from lxc_cr.restore import restore_tree
+    recover_target("libvirt", name)   # a save of it killed earlier
     libvirt = _libvirt()
     conn = connect(uri)
     try:

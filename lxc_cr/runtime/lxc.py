@@ -133,6 +133,8 @@ def restore(name: str, directory: str, lxcpath: str | None = None, verbose: bool
 
 
 def _restore(name, directory, lxcpath, verbose) -> dict:
+    from lxc_cr.intent import recover_target
+    recover_target("lxc", name)       # a dump of it killed earlier
     c = container(name, lxcpath)
     if c.running:
         raise OperationFailed(f"{name}: container is running; stop it before restoring")
