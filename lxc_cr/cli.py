@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="preflight: list what cannot be checkpointed")
     c.add_argument("target", metavar="TARGET", help="PID, lxc:NAME or libvirt:DOMAIN")
     _add_common(c)
+    rc = sub.add_parser("recover", help="thaw what a killed lxc-cr left frozen, remove its "
+                        "partial images")
+    _add_common(rc)
     cv = sub.add_parser("convert", help="rewrite an older image as the current format")
     cv.add_argument("src", metavar="IN")
     cv.add_argument("dst", metavar="OUT")
@@ -162,6 +165,9 @@ def _run(args) -> int:
     if args.cmd == "convert":
         from lxc_cr.image import convert as image_convert
         return image_convert.run(args)
+    if args.cmd == "recover":
+        from lxc_cr import intent
+        return intent.run(args)
     if args.cmd == "check":
         from lxc_cr import commands_check
         return commands_check.run(args)
@@ -176,9 +182,6 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args) or 0
     except LxcCrError as e:
         if getattr(args, "debug", False):
-    rc = sub.add_parser("recover", help="thaw what a killed lxc-cr left frozen, remove its "
-                        "partial images")
-    _add_common(rc)
             import traceback
             traceback.print_exc()
         sys.stderr.write(f"{PROG}: error: {e}\n")
@@ -210,9 +213,6 @@ def lxc_checkpoint_main(argv: list[str] | None = None) -> int:
     g.add_argument("-F", "--foreground", action="store_true", help="restore in the foreground")
     p.add_argument("-P", "--lxcpath", default=None, help="LXC path")
     args = p.parse_args(argv)
-    if args.cmd == "recover":
-        from lxc_cr import intent
-        return intent.run(args)
     from lxc_cr.errors import LxcCrError
     try:
         from lxc_cr.runtime import lxc as lxc_runtime
