@@ -114,3 +114,64 @@ def test_packet_socket_refused_by_name(tree, mode, what):
     assert re.fullmatch(what, m.group(4)), line
     assert not (d / "img").exists()
     assert_running_untraced(wl.root)
+
+
+# --- a stock busybox container whose udhcpc holds its packet socket ------------------------
+
+def udhcpc_packet_socket(init: int):
+    """(host pid of the container's udhcpc, its fd, ifindex) once it holds a bound packet
+    socket (/proc/PID/net/packet: sk RefCnt Type Proto Iface R Rmem User Inode); None before."""
+    pidns = os.stat(f"/proc/{init}/ns/pid").st_ino
+    with open(f"/proc/{init}/net/packet") as f:
+        bound = {int(c[8]): int(c[4]) for c in (ln.split() for ln in list(f)[1:]) if len(c) >= 9}
+    for p in os.listdir("/proc"):
+        try:
+            if not p.isdigit() or os.stat(f"/proc/{p}/ns/pid").st_ino != pidns:
+                continue
+            with open(f"/proc/{p}/comm") as f:
+                if f.read().strip() != "udhcpc":
+                    continue
+            for fd in os.listdir(f"/proc/{p}/fd"):
+                m = re.fullmatch(r"socket:\[(\d+)\]", os.readlink(f"/proc/{p}/fd/{fd}"))
+                if m and bound.get(int(m.group(1))):
+                    return int(p), int(fd), bound[int(m.group(1))]
+        except OSError:
+            continue
+    return None
+
+
+def test_stock_busybox_container_with_udhcpc(lxc_container, tmp_path):
+    """udhcpc (Debian 12's busybox 1.35) holds a SOCK_DGRAM ETH_P_IP socket bound to eth0,
+    without a BPF filter (busybox disabled it); it is bound to eth0's new ifindex after the
+    restore, with the same (empty) filter."""
+    from test_lxc_checkpoint import VENV_BIN, processes, run, wait_for
+
+    from lxc_cr.resources.files import getfd
+    from lxc_cr.resources.packet_sockets import _get_filter
+    ct = lxc_container("udhcpc", start=True)          # template config and rcS unchanged
+    pid, fd, _ = wait_for(lambda: udhcpc_packet_socket(ct.init_pid()), timeout=60,
+                          what="udhcpc to hold its packet socket")
+    before = processes(ct)
+    mine = getfd(pid, fd)
+    try:
+        prog = _get_filter(mine, pid)
+    finally:
+        os.close(mine)
+    r = run(VENV_BIN / "lxc-cr", "lxc", "checkpoint", ct.name, tmp_path / "d", "--stop",
+            "-P", ct.lxcpath)
+    assert r.returncode == 0, r.stderr
+    r = run(VENV_BIN / "lxc-cr", "lxc", "restore", ct.name, tmp_path / "d", "-P", ct.lxcpath)
+    assert r.returncode == 0, r.stderr
+    init = ct.init_pid()
+    got = udhcpc_packet_socket(init)
+    assert got is not None and got[1] == fd, got
+    eth0 = subprocess.run(["nsenter", "-t", str(init), "-n", "ip", "-o", "link", "show", "eth0"],
+                          capture_output=True, text=True, check=True).stdout
+    assert got[2] == int(eth0.split(":")[0]), (got, eth0)
+    mine = getfd(got[0], fd)
+    try:
+        assert _get_filter(mine, got[0]) == prog, "udhcpc's BPF filter was not restored"
+    finally:
+        os.close(mine)
+    assert processes(ct) == before
+    ct.stop()
