@@ -273,8 +273,9 @@ def _classify(ctx, task, fd: int, ino: int, info: dict):
                           f"({info['queued']} bytes in, {info['outq']} bytes out)")
         return "outside", peer or 0
     what = "a listening socket" if info["type"] != socket.SOCK_DGRAM else "a bound socket"
-    return refuse(f"connected to a peer outside the tree ({pn}, socket inode {peer or '?'}; "
-                  f"not {what} reachable at that path on the tree's root)")
+    on = f", accepted on {info['name']}" if info["name"] else ""
+    return refuse(f"connected to a peer outside the tree ({pn}, socket inode {peer or '?'}"
+                  f"{on}; not {what} reachable at that path on the tree's root)")
 
 
 def check(ctx, task, d) -> list:
@@ -405,6 +406,12 @@ def _plan(ctx) -> tuple[list, dict]:
                 steps.append((role, c.file_id, c.type, c.name, c.passcred, c.peer_name,
                               target))
     made = {fid for s in steps for fid in _step_ids(s)}
+    # relative names resolve from the cwd of the first process holding the socket
+    cwd = {r.pid: r.cwd for r in ctx.records.get("task", [])}
+    holder = {}
+    for r in ctx.records["fd"]:
+        holder.setdefault(r.file_id, r.pid)
+    steps = [(cwd.get(holder.get(_step_ids(s)[0]), "") or "/", s) for s in steps]
     return steps, {fid: flags.get(fid, 0) for fid in made}
 
 
@@ -453,12 +460,16 @@ def _refill(typ: int, sender: socket.socket, items: list[bytes]) -> None:
 
 def _build_in_ns(steps: list, chan_fd: int) -> str:
     """Run in the helper, inside the init's net and mount namespaces: make every socket
-    of ``steps`` and send them back over ``chan_fd`` ((file_id, fd) batches).  Returns ""
+    of ``steps`` ((cwd, step) pairs: relative names resolve from cwd) and send them back over ``chan_fd`` ((file_id, fd) batches).  Returns ""
     or the first failure, naming the socket."""
     made: dict[int, socket.socket] = {}
     what = ""
     try:
-        for step in steps:
+        for cwd, step in steps:
+            try:
+                os.chdir(cwd)
+            except OSError:
+                os.chdir("/")
             kind = step[0]
             what = f"{kind} {step[1:3] if kind != 'conn' else step[3][1]}"
             if kind == "pair":
