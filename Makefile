@@ -12,7 +12,7 @@ VENV_STAMP   := $(VENV)/.lxccr-installed
 TEST_TIMEOUT ?= 2100
 PYTEST_ARGS  ?=
 
-.PHONY: demo test setup root bench
+.PHONY: demo test setup root soak bench
 
 root:
 	@[ "$$(id -u)" -eq 0 ] || { echo "make: lxc-cr needs root (run as root)" >&2; exit 1; }
@@ -51,6 +51,12 @@ test: setup
 
 demo: setup
 	integration/demo.sh
+
+# Not part of make test: 100 checkpoint/restore cycles of a busybox container
+# (tests/soak, marker soak); the time of each cycle goes to tests/soak/results/*.json.
+soak: setup
+	rc=0; $(PY) -m pytest tests/soak --run-soak -s -q $(PYTEST_ARGS) </dev/null || rc=$$?; \
+	    integration/check-clean.sh || rc=1; exit $$rc
 
 # benchmarks (not part of make test): ratios against a raw copy measured in the same run;
 # a table on stdout, JSON in benchmarks/results/.  BENCH_ARGS=--quick for a short run.
