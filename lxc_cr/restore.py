@@ -67,6 +67,8 @@ class RestoreCtx:
         self.init_remote = None
         self.fd_owner: dict[int, tuple[int, int]] = {}
         self.created: list[int] = []       # host pids, to kill if the restore fails
+        self.host_pids: dict[int, int] = {}      # tree pid -> host pid of restored processes
+        self.pidns_target: dict[int, int] = {}   # pid -> child whose pid ns it forks into
         self.records: dict[str, list] = defaultdict(list)
         self._by_pid: dict[tuple[str, int], list] = defaultdict(list)
         for kind, obj in reader.records():
@@ -94,27 +96,19 @@ class RestoreCtx:
         return recs[0]
 
 
-def restore_tree(image: str, pidfile: str | None = None, takeover=None,
-                 key: bytes | None = None, max_privilege=None) -> dict:
+def restore_tree(image: str, pidfile: str | None = None, takeover=None) -> dict:
     """Restore IMAGE.  ``takeover``: None to fork our own pid-namespace init (tree
     restore), or a callable returning the host pid of a manager's init already seized and
-    stopped at its exec (LXC, libvirt), whose namespaces the manager has set up.
-    ``key``: of an encrypted image.  ``max_privilege``: a privilege.Limit the recorded
-    credentials must not exceed.  Both, the checksums and the host's compatibility are
-    checked before any process is created."""
-    from lxc_cr import hostcompat, privilege
+    stopped at its exec (LXC, libvirt), whose namespaces the manager has set up."""
     from lxc_cr.image.reader import ImageReader
     t0 = time.monotonic()
-    with ImageReader(image, key=key) as reader:
+    with ImageReader(image) as reader:
         # every record (checksum, decoding), the index and every block's bounds now; a
         # block's contents are checked (crc32) as it is read, and a mismatch kills what
         # was created, like any failed restore
         reader.verify(blocks=False)
         ctx = RestoreCtx(reader, image)
         _validate(ctx)
-        hostcompat.check(reader.header, image)
-        if max_privilege is not None:
-            privilege.check(ctx.records, max_privilege, image)
         progress.start("restore", sum(p.npages for p in ctx.records["pages"]) * PAGE)
         from lxc_cr.resources import memory
         memory.start_reader()
@@ -174,14 +168,19 @@ def _build(ctx: RestoreCtx, takeover=None):
         from lxc_cr.resources import namespaces
         kinds = namespaces.own_set(ctx.records) & {"uts", "ipc", "net"}
         namespaces.setup_existing(init_pid, ctx.records, ctx.reader, kinds)
+        from lxc_cr.resources import ns_time
+        ns_time.check_takeover(ctx.records, init_pid)
     lives: list[Live] = []
     try:
         _setup_scratch(ctx, init, tasks)
         ctx.shmem_fds = memory.prepare_shmem(ctx, init.remote, init_pid)
         files.prepare(ctx, init_pid)     # resource modules' prepare(ctx): inherited objects
+        from lxc_cr.resources import ns_cgroup
+        ns_cgroup.prepare(ctx, init_pid)  # sub-cgroups below the init's, with their limits
         by_pid: dict[int, Live] = {}
         if root.pid == 1:
             live = Live(root, init_pid)
+            ctx.host_pids[1] = init_pid
             live.mem_fd = init.mem_fd
             live.threads[1] = (init.tracee, init.remote)
             by_pid[1] = live
@@ -219,6 +218,7 @@ def _build(ctx: RestoreCtx, takeover=None):
             if live.rec.state != "Z":
                 _credentials(ctx, live)
         faults.step("restore", "credentials")
+        ns_cgroup.place(ctx, lives)      # each process into its recorded cgroups
         from lxc_cr.resources import tcp_established
         tcp_established.release(ctx)     # every end exists now: connections leave repair mode
         _release(ctx, lives)
@@ -235,12 +235,20 @@ class _Init:
 def _start_init(ctx: RestoreCtx):
     """Fork the init of a fresh pid namespace; it sets up the other namespaces and blocks."""
     from lxc_cr.resources import namespaces
+    from lxc_cr.resources import ns_time
+    own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     ksys.unshare(ksys.CLONE_NEWPID)
     go_r, go_w = os.pipe()
     ready_r, ready_w = os.pipe()
+    old_time = ns_time.enter_for_children(ctx.records)   # the init is born in it
     pid = os.fork()
     if pid:
         ctx.created.append(pid)
+        ns_time.leave(old_time)
+        # back to our own pid_for_children: the restorer may start threads, which the
+        # kernel refuses (EINVAL) while it differs from the active pid namespace
+        ksys.setns(own_pidns, ksys.CLONE_NEWPID)
+        os.close(own_pidns)
     if pid == 0:                                        # the future init, pid 1
         try:
             os.close(go_w)
@@ -353,21 +361,23 @@ def _clone_args(ctx, remote, flags: int, exit_signal: int, set_tid: list[int]) -
 def _fork(ctx, parent: Live, rec) -> Live:
     """clone3 with set_tid injected into the parent; the child is auto-attached."""
     tracee, remote = next(iter(parent.threads.values()))
-    nspids = list(rec.nspids)
-    parent_depth = len(parent.rec.nspids) if parent.rec is not None else 1
-    flags = CLONE_NEWPID if len(nspids) > parent_depth else 0
+    from lxc_cr.resources import task as task_mod
+    flags, want = task_mod.fork_flags(ctx, parent.rec, rec)   # nested pid ns: CLONE_NEWPID
     from lxc_cr.resources import files
     shared = files.clone_flags(ctx, parent.rec, rec)          # CLONE_FILES: parent's fd table
     args = _clone_args(ctx, remote, flags | shared, rec.exit_signal or signal.SIGCHLD,
-                       list(reversed(nspids)))
+                       list(reversed(rec.nspids)))            # one set_tid per level
     remote.children.clear()
     got = remote.call("clone3", args, 88)
-    if got != rec.pid and not flags:
-        raise RestoreFailed(f"clone3 gave pid {got}, wanted {rec.pid}")
+    if remote.children:
+        ctx.created.append(remote.children[-1][1])
+    if got != want:
+        raise RestoreFailed(f"clone3 gave pid {got}, wanted {want} (pid {rec.pid})")
     if not remote.children:
         raise RestoreFailed(f"no fork event for pid {rec.pid}")
     host = remote.children[-1][1]
-    ctx.created.append(host)
+    ctx.host_pids[rec.pid] = host
+    task_mod.after_fork(ctx, remote, rec, host, got)
     child = Tracee.adopt(host)
     child.set_sigmask(ALL_SIGNALS)
     base = child.getregs()
@@ -386,6 +396,9 @@ def _session(ctx, live: Live, parent: Live | None) -> None:
     lead its own session)."""
     rec = live.rec
     tracee, remote = live.threads[rec.pid]
+    if len(rec.nspids) > 1:                     # in a nested pid namespace
+        from lxc_cr.resources import task as task_mod
+        return task_mod.session_nested(ctx, rec, live.host_pid, remote)
     cur_sid = remote.call("getsid", 0)
     if rec.sid == rec.pid and cur_sid != rec.pid:
         remote.call("setsid")
@@ -438,7 +451,7 @@ def _make_zombie(ctx, live: Live) -> None:
         remote.write(ctx.scratch + 256, struct.pack("<QQQQ", 0, 0x04000000, 0, 0))
         remote.call("rt_sigaction", sig, ctx.scratch + 256, 0, 8)
         tracee.set_sigmask(0)
-        remote.call("kill", live.pid, sig, expect_exit=True)
+        remote.call("kill", live.rec.nspids[-1], sig, expect_exit=True)   # its own ns pid
     else:
         remote.call("exit_group", os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0,
                     expect_exit=True)

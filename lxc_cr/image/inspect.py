@@ -34,6 +34,7 @@ _NS_LISTS = {
     "mount": ("mnt", "mounts"), "mqueue": ("ipc", "mqueues"),
     "ipc_sysctl": ("ipc", "sysctls"), "cgroup_task": ("cgroup", "tasks"),
     "cgroup_limit": ("cgroup", "limits"), "timens": ("time", "offsets"),
+    "pid_for_children": ("pid", "for_children"),
 }
 
 
@@ -125,6 +126,9 @@ def summarize(r: ImageReader) -> dict:
         for f in lst:
             f["shared_with"] = [dict(pid=p, fd=d) for p, d in by_file.get(f["file_id"], ())
                                 if (p, d) != (pid, f["fd"])]
+    ns["pid"]["levels"] = max((len(t["nspids"]) for t in tasks.values()), default=0)
+    ns["pid"]["nested"] = [dict(pid=t["pid"], nspids=t["nspids"]) for t in tasks.values()
+                           if len(t["nspids"]) > 1]
     out_tasks = []
     for pid in _tree_order(tasks):
         t = tasks[pid]
@@ -231,6 +235,22 @@ def _human(s: dict, out) -> None:
         elif kind == "ipc":
             for q in d.get("mqueues", ()):
                 w(f"    mqueue /{q['name']} mode {q['mode']:#o} {len(q['messages'])} messages\n")
+        elif kind == "pid":
+            for t in d.get("nested", ()):
+                w(f"    pid {t['pid']} nested: pids {t['nspids']} (the tree's level first)\n")
+            for f in d.get("for_children", ()):
+                w(f"    pid {f['pid']} forks into the namespace of its child {f['child']}\n")
+        elif kind == "time":
+            for o in d.get("offsets", ()):
+                w(f"    {o['clock']} offset {o['offset_sec']}.{o['offset_nsec']:09d} s\n")
+        elif kind == "cgroup":
+            for c in d.get("tasks", ()):
+                where = ", ".join(f"{x['hierarchy'] or 'v2'}:{x['path']}" for x in c["cgroups"])
+                w(f"    pid {c['pid']} in {where}\n")
+            for lim in d.get("limits", ()):
+                if lim["path"]:
+                    w(f"    {lim['hierarchy'] or 'v2'}:{lim['path']} {lim['file']} = "
+                      f"{lim['value']}\n")
     w("\nprocesses\n")
     w(f"  {'PID':>7} {'PPID':>7} {'PGID':>7} {'SID':>7} {'THR':>4} {'VMAS':>5} "
       f"{'PAGES':>9} {'FDS':>4} S COMMAND\n")
@@ -329,11 +349,7 @@ def _section(r: ImageReader, name: str, as_json: bool, out) -> None:
 
 def run(args, out=None) -> int:
     out = out or sys.stdout
-    key = None
-    if getattr(args, "key", None):
-        from lxc_cr.image.envelope import load_key
-        key = load_key(args.key)
-    with ImageReader(args.image, key=key) as r:
+    with ImageReader(args.image) as r:
         if getattr(args, "verbose", False):
             r.verify()
         if getattr(args, "section", None):

@@ -84,6 +84,7 @@ RECORD_MODULES = (
     "lxc_cr.resources.ns_net",
     "lxc_cr.resources.ns_mnt",
     "lxc_cr.resources.ns_ipc",
+    "lxc_cr.resources.ns_time", "lxc_cr.resources.ns_cgroup",
     "lxc_cr.resources.pipes", "lxc_cr.resources.ghost_files", "lxc_cr.resources.memfd",
     "lxc_cr.resources.eventfds", "lxc_cr.resources.epoll", "lxc_cr.resources.unix_sockets",
     "lxc_cr.resources.inet_sockets", "lxc_cr.resources.tcp_established",

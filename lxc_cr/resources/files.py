@@ -312,19 +312,23 @@ _BATCH = 64
 
 
 def send_to_init(ctx, init_pid: int, fds: list[int]) -> list[int]:
-    """Pass fds of the restorer into the stopped init over a socketpair made in the init
-    (sendmsg SCM_RIGHTS here, recvmsg injected there); returns their numbers in the init,
+    """Pass fds of the restorer into the stopped init; returns their numbers in the init,
     moved to the inherited range (ctx.inherit_fd)."""
+    return [ctx.inherit_fd(fd) for fd in send_fds(ctx, ctx.init_remote, init_pid, fds)]
+
+
+def send_fds(ctx, rm, host_pid: int, fds: list[int]) -> list[int]:
+    """Pass fds of the restorer into a stopped task over a socketpair made in it (sendmsg
+    SCM_RIGHTS here, recvmsg injected there); returns their numbers in the task."""
     import struct
     if not fds:
         return []
-    rm = ctx.init_remote
     buf = ctx.scratch + 2048
     rm.call("socketpair", socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0, buf)
     a, b = struct.unpack("<ii", rm.read(buf, 8))
     out: list[int] = []
     try:
-        mine = getfd(init_pid, b)
+        mine = getfd(host_pid, b)
         rm.call("close", b)
         with socket.socket(fileno=mine) as s:
             for i in range(0, len(fds), _BATCH):
@@ -338,9 +342,8 @@ def send_to_init(ctx, init_pid: int, fds: list[int]) -> list[int]:
                 clen, level, typ = struct.unpack("<Qii", rm.read(ctl, 16))
                 n = (clen - 16) // 4
                 if level != socket.SOL_SOCKET or typ != SCM_RIGHTS or n != len(chunk):
-                    raise RestoreFailed(f"passing {len(chunk)} fds to the init: got {n}")
-                for fd in struct.unpack(f"<{n}i", rm.read(ctl + 16, 4 * n)):
-                    out.append(ctx.inherit_fd(fd))
+                    raise RestoreFailed(f"passing {len(chunk)} fds to pid {host_pid}: got {n}")
+                out += struct.unpack(f"<{n}i", rm.read(ctl + 16, 4 * n))
     finally:
         rm.call("close", a)
     return out
@@ -457,6 +460,12 @@ def restore(ctx, task, remote, keep: set[int]) -> None:
             ctx.fd_owner[r.file_id] = (task.pid, r.fd)
         elif first[0] == task.pid:
             tmp = remote.call("fcntl", first[1], F_DUPFD_CLOEXEC, 0)
+        elif len(task.rec.nspids) > 1:      # in a nested pid ns: the owner is not visible
+            mine = getfd(ctx.host_pids[first[0]], first[1])
+            try:
+                tmp = send_fds(ctx, remote, task.host_pid, [mine])[0]
+            finally:
+                os.close(mine)
         else:
             pidfd = remote.call("pidfd_open", first[0], 0)
             try:

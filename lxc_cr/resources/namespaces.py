@@ -4,8 +4,9 @@
 differs from the dumper's is the tree's own and is recreated fresh on restore.  Each kind
 has its module: UTS here (``struct utsname`` nodename and domainname, uname(2) injected
 into the root), net in ns_net, mount in ns_mnt, POSIX message queues in ns_ipc, SysV IPC
-objects in sysv_ipc, cgroup membership in ns_cgroup.  The pid namespace is made by the
-restorer (restore._start_init).
+objects in sysv_ipc, clock offsets in ns_time, cgroup membership in ns_cgroup.  The pid
+namespace is made by the restorer (restore._start_init), nested ones by the tasks that
+made them (task.py), the time namespace by the restorer before it forks the init.
 
 Restore: ``setup_in_child()`` runs in the restored init before takeover (restorer code, in
 the new pid namespace): it unshares the other kinds and rebuilds each one in place, in the
@@ -40,19 +41,25 @@ def own_kinds(proc, host_pid: int) -> dict[str, tuple[int, bool]]:
     return out
 
 
-def check(proc, root, managed: bool = False) -> list[Unsupported]:
+def check(proc, root, managed: bool = False, tasks=()) -> list[Unsupported]:
     """``managed``: the tree is a manager's container (LXC, libvirt), whose root file
-    system and mounts the manager recreates at every start: they are not checked."""
-    from lxc_cr.resources import ns_ipc, ns_mnt, ns_net, sysv_ipc
+    system and mounts the manager recreates at every start: they are not checked.
+    ``tasks``: the whole tree, each of which must share the root's namespaces (nested pid
+    namespaces aside, see task.check_pidns)."""
+    from lxc_cr.resources import ns_cgroup, ns_ipc, ns_mnt, ns_net, ns_time, sysv_ipc
+    from lxc_cr.resources import task as task_mod
     out = []
     kinds = own_kinds(proc, root.host_pid)
     own = {k for k, (_i, o) in kinds.items() if o}
+    if tasks:
+        out += task_mod.check_pidns(proc, tasks)
+        out += _check_members(proc, tasks, kinds)
+        out += ns_cgroup.check(proc, tasks)
     if "user" in own:
         out.append(Unsupported(root.host_pid, root.stat.comm, "user namespace",
                                reason="not supported yet"))
     if "time" in own:
-        out.append(Unsupported(root.host_pid, root.stat.comm, "time namespace",
-                               reason="not supported yet (clock offsets are not recorded)"))
+        out += ns_time.check(root, managed)
     if "mnt" in own and not managed:
         out += ns_mnt.check(proc, root)
     if "net" in own:
@@ -63,8 +70,32 @@ def check(proc, root, managed: bool = False) -> list[Unsupported]:
     return out
 
 
-def dump(ctx, root, remote, managed: bool = False) -> None:
-    from lxc_cr.resources import ns_ipc, ns_mnt, ns_net, sysv_ipc
+def _check_members(proc, tasks, kinds: dict) -> list[Unsupported]:
+    """Every process in the root's namespaces of each kind but pid, and no
+    time_for_children differing from its time namespace (unshare(CLONE_NEWTIME), no fork)."""
+    from lxc_cr.errors import TaskGone
+    out = []
+    for t in tasks:
+        if t.zombie:
+            continue
+        try:
+            for kind, (ino, _own) in kinds.items():
+                if kind != "pid" and t is not tasks[0] and proc.ns(t.host_pid, kind) != ino:
+                    out.append(Unsupported(t.host_pid, t.stat.comm, f"{kind} namespace",
+                                           reason="differs from the root's: not supported"))
+            if "time" in kinds and proc.ns(t.host_pid, "time_for_children") != \
+                    proc.ns(t.host_pid, "time"):
+                out.append(Unsupported(t.host_pid, t.stat.comm, "time namespace for children",
+                                       reason="differs from its own (unshare(CLONE_NEWTIME) "
+                                              "before a fork): not supported"))
+        except (TaskGone, OSError):
+            continue
+    return out
+
+
+def dump(ctx, root, remote, managed: bool = False, tasks=()) -> None:
+    """``tasks``: the whole tree, for the cgroups each process is in."""
+    from lxc_cr.resources import ns_cgroup, ns_ipc, ns_mnt, ns_net, ns_time, sysv_ipc
     kinds = own_kinds(ctx.proc, root.host_pid)
     for kind, (ino, own) in kinds.items():
         ctx.writer.add(NS, dict(kind=kind, ino=ino, own=own or kind == "pid"))
@@ -81,6 +112,10 @@ def dump(ctx, root, remote, managed: bool = False) -> None:
     if "ipc" in own:
         ns_ipc.dump(ctx, root, run_in)
         sysv_ipc.dump(ctx, root, run_in)
+    if "time" in own:
+        ns_time.dump(ctx, root)
+    if tasks:
+        ns_cgroup.dump(ctx, tasks)
 
 
 def unshare_flags(ns_recs) -> int:

@@ -74,15 +74,19 @@ def restore(ctx, task, remote) -> None:
 
 
 def restore_pending(ctx, task, tid_tracees, remote_by_tid) -> None:
-    """Re-queue recorded signals from inside the task (allowed for its own pid)."""
+    """Re-queue recorded signals from inside the task (allowed for its own pid; its pid and
+    tids as it sees them, the innermost level in a nested pid namespace)."""
+    own = {th.tid: th.nstids[-1] for th in ctx.by_pid("thread", task.pid)}
+    own[task.pid] = task.rec.nspids[-1]
     for p in ctx.by_pid("sigpending", task.pid):
         for info in p.siginfo:
             signo = struct.unpack_from("<i", info)[0]
             if p.tid == 0:
                 r = remote_by_tid[task.pid]
                 r.write(ctx.scratch + 256, bytes(info))
-                r.call("rt_sigqueueinfo", task.pid, signo, ctx.scratch + 256)
+                r.call("rt_sigqueueinfo", own[task.pid], signo, ctx.scratch + 256)
             else:
                 r = remote_by_tid[p.tid]
                 r.write(ctx.scratch + 256, bytes(info))
-                r.call("rt_tgsigqueueinfo", task.pid, p.tid, signo, ctx.scratch + 256)
+                r.call("rt_tgsigqueueinfo", own[task.pid], own.get(p.tid, p.tid), signo,
+                       ctx.scratch + 256)

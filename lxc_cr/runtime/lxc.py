@@ -82,15 +82,13 @@ def hook_registered(c) -> bool:
 # --- checkpoint ---------------------------------------------------------------------------
 
 def checkpoint(name: str, directory: str, stop: bool = False, lxcpath: str | None = None,
-               verbose: bool = False, compress: str | None = None,
-               key: bytes | None = None) -> dict:
-    """``key``: encrypt the image (image/envelope.py)."""
+               verbose: bool = False, compress: str | None = None) -> dict:
     from lxc_cr.locking import container_lock
     with container_lock("lxc", name, "checkpoint"):
-        return _checkpoint(name, directory, stop, lxcpath, verbose, compress, key)
+        return _checkpoint(name, directory, stop, lxcpath, verbose, compress)
 
 
-def _checkpoint(name, directory, stop, lxcpath, verbose, compress, key=None) -> dict:
+def _checkpoint(name, directory, stop, lxcpath, verbose, compress) -> dict:
     from lxc_cr.dump import dump_tree
     from lxc_cr.kernel.cgroup import Freezer
     from lxc_cr.runtime.records import SOURCE_CONFIG
@@ -102,7 +100,7 @@ def _checkpoint(name, directory, stop, lxcpath, verbose, compress, key=None) -> 
     with open(c.config_file_name) as f:
         config = f.read()
     image = os.path.join(directory, IMAGE_NAME)
-    stats = dump_tree(pid, image, leave_running=not stop, compress=compress, key=key,
+    stats = dump_tree(pid, image, leave_running=not stop, compress=compress,
                       source_kind="lxc", source_name=name, freezer=Freezer(pid),
                       extra_records=[(SOURCE_CONFIG, dict(kind="lxc", name=name,
                                                            lxcpath=c.get_config_path(),
@@ -128,21 +126,19 @@ def _copy_config(config: str, directory: str) -> None:
 
 # --- restore ------------------------------------------------------------------------------
 
-def restore(name: str, directory: str, lxcpath: str | None = None, verbose: bool = False,
-            key: bytes | None = None, max_privilege=None) -> dict:
-    """``key``: of an encrypted image; ``max_privilege``: a privilege.Limit (restore_tree)."""
+def restore(name: str, directory: str, lxcpath: str | None = None, verbose: bool = False) -> dict:
     from lxc_cr.locking import container_lock
     with container_lock("lxc", name, "restore"):
-        return _restore(name, directory, lxcpath, verbose, key, max_privilege)
+        return _restore(name, directory, lxcpath, verbose)
 
 
-def _restore(name, directory, lxcpath, verbose, key=None, max_privilege=None) -> dict:
+def _restore(name, directory, lxcpath, verbose) -> dict:
     from lxc_cr.intent import recover_target
     recover_target("lxc", name)       # a dump of it killed earlier
     c = container(name, lxcpath)
     if c.running:
         raise OperationFailed(f"{name}: container is running; stop it before restoring")
-    image = _lxc_image(directory, key)
+    image = _lxc_image(directory)
     os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
     path = socket_path(name)
     try:
@@ -165,8 +161,7 @@ def _restore(name, directory, lxcpath, verbose, key=None, max_privilege=None) ->
         return _wait_exec(_accept_init(listener, starter["proc"], name), name)
 
     try:
-        stats = _rebuild(c, name, image, lxcpath, takeover, key=key,
-                         max_privilege=max_privilege)
+        stats = _rebuild(c, name, image, lxcpath, takeover)
     finally:
         listener.close()
         try:
@@ -180,26 +175,25 @@ def _restore(name, directory, lxcpath, verbose, key=None, max_privilege=None) ->
     return stats
 
 
-def _lxc_image(directory: str, key: bytes | None = None) -> str:
+def _lxc_image(directory: str) -> str:
     from lxc_cr.image.reader import ImageReader
     image = os.path.join(directory, IMAGE_NAME)
     if not os.path.exists(image):
         raise UnknownTarget(f"{image}: no checkpoint image")
-    with ImageReader(image, key=key) as r:
+    with ImageReader(image) as r:
         if str(r.header.source_kind) != "lxc":
             raise UnknownTarget(f"{image}: not an LXC checkpoint "
                                 f"(source {r.header.source_kind})")
     return image
 
 
-def _rebuild(c, name: str, image: str, lxcpath: str | None, takeover, key=None,
-             max_privilege=None) -> dict:
+def _rebuild(c, name: str, image: str, lxcpath: str | None, takeover) -> dict:
     """The one takeover path of both entry points: rebuild IMAGE into the init that
     ``takeover()`` returns (seized, stopped at the exit of its execve); on failure the
     container is stopped, so it is never left half-built.  Consumes the pending image."""
     from lxc_cr.restore import restore_tree
     try:
-        stats = restore_tree(image, takeover=takeover, key=key, max_privilege=max_privilege)
+        stats = restore_tree(image, takeover=takeover)
     except BaseException:
         _stop_quiet(c)
         raise
@@ -364,11 +358,6 @@ def _stop_quiet(c) -> None:
 
 # --- the lxc-checkpoint wrapper ----------------------------------------------------------
 
-def _security(args, key_option: str) -> dict:
-    from lxc_cr.privilege import security_options
-    return security_options(args, key_option)
-
-
 def lxc_checkpoint(args) -> int:
     """``lxc-checkpoint -n NAME -D DIR [-s] [-r] [-v] [-d|-F] [-P LXCPATH]``, LXC's semantics:
     dump leaves the container running unless -s; -r restores; a dump refuses a stopped
@@ -376,13 +365,10 @@ def lxc_checkpoint(args) -> int:
     if args.restore:
         if args.stop:
             raise OperationFailed("-s makes no sense with -r")
-        restore(args.name, args.checkpoint_dir, lxcpath=args.lxcpath, verbose=args.verbose,
-                **_security(args, "encrypt"))
+        restore(args.name, args.checkpoint_dir, lxcpath=args.lxcpath, verbose=args.verbose)
     else:
-        if getattr(args, "max_privilege", None):
-            raise OperationFailed("--max-privilege is for a restore (-r)")
         checkpoint(args.name, args.checkpoint_dir, stop=args.stop, lxcpath=args.lxcpath,
-                   verbose=args.verbose, key=_security(args, "encrypt")["key"])
+                   verbose=args.verbose)
     return 0
 
 
@@ -390,12 +376,10 @@ def run(args) -> int:
     """``lxc-cr lxc checkpoint|restore``."""
     if args.lxc_cmd == "checkpoint":
         checkpoint(args.name, args.dir, stop=args.stop, lxcpath=args.lxcpath,
-                   verbose=args.verbose, compress=getattr(args, "compress", None),
-                   key=_security(args, "encrypt")["key"])
+                   verbose=args.verbose, compress=getattr(args, "compress", None))
         return 0
     if args.lxc_cmd == "restore":
-        restore(args.name, args.dir, lxcpath=args.lxcpath, verbose=args.verbose,
-                **_security(args, "key"))
+        restore(args.name, args.dir, lxcpath=args.lxcpath, verbose=args.verbose)
         return 0
     if args.lxc_cmd == "resume":
         resume(args.name, args.takeover_pid, lxcpath=args.lxcpath, report_fd=args.report_fd)

@@ -425,16 +425,20 @@ class Harness:
     # -- workloads
 
     def launch(self, argv: list, ready=None, cwd: Path | None = None,
-               what: str = "workload ready", timeout: float = 60.0) -> Workload:
+               what: str = "workload ready", timeout: float = 60.0, unshare=(),
+               preexec_fn=None) -> Workload:
         """Start argv as pid 1 of a new pid (and mount) namespace with stdio on /dev/null.
 
-        Waits until the root has exec'd argv[0] and ``ready()`` (if given) is true.
+        ``unshare``: more unshare(1) options (``--time``, ...); ``preexec_fn``: run in the
+        child before unshare execs (e.g. to enter a cgroup).  Waits until the root has
+        exec'd argv[0] and ``ready()`` (if given) is true.
         """
         cwd = cwd or self.base
-        p = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", *map(str, argv)],
+        p = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", *unshare,
+                              *map(str, argv)],
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True,
-                             cwd=str(cwd))
+                             cwd=str(cwd), preexec_fn=preexec_fn)
         wl = Workload(p, 0, os.path.realpath(str(argv[0])), cwd)
         self.workloads.append(wl)
 
@@ -457,7 +461,8 @@ class Harness:
 
     # -- the CLI
 
-    def cli(self, *args, env: dict | None = None, timeout: float = 30.0) -> CliResult:
+    def cli(self, *args, env: dict | None = None, timeout: float = 30.0,
+            preexec_fn=None) -> CliResult:
         """Run lxc-cr ARGS with stdout/stderr in files (never pipes a restored tree could keep).
 
         A run that hangs past ``timeout`` fails the test with what /proc shows of lxc-cr and of
@@ -474,7 +479,7 @@ class Harness:
         full_env.update(env or {})
         with open(o, "w") as fo, open(e, "w") as fe:
             p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,
-                                 env=full_env, close_fds=True)
+                                 env=full_env, close_fds=True, preexec_fn=preexec_fn)
             try:
                 rc = p.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -516,9 +521,10 @@ class Harness:
         assert os.path.isfile(image), "dump exited 0 but wrote no image: " + res.describe()
         return res
 
-    def restore(self, image, *extra, env=None, timeout: float = 30.0) -> int:
+    def restore(self, image, *extra, env=None, timeout: float = 30.0, preexec_fn=None) -> int:
         """Restore; returns (and tracks) the host pid of the restored root."""
-        res = self.cli("tree", "restore", image, *extra, env=env, timeout=timeout)
+        res = self.cli("tree", "restore", image, *extra, env=env, timeout=timeout,
+                       preexec_fn=preexec_fn)
         m = re.fullmatch(r"\s*(\d+)\s*", res.out)
         if m:
             self.track(int(m.group(1)))

@@ -118,7 +118,9 @@ def test_json_output(demo):
     assert doc["namespaces"]["uts"]["hostname"] == "demo"
     assert doc["namespaces"]["net"]["own"] is True
     assert [ln["name"] for ln in doc["namespaces"]["net"]["links"]] == ["lo", "eth0"]
-    assert doc["namespaces"]["cgroup"] == {"own": False, "ino": 4026531841}
+    cg = doc["namespaces"]["cgroup"]
+    assert (cg["own"], cg["ino"]) == (False, 4026531841)
+    assert len(cg["tasks"]) == 1 and len(cg["limits"]) == 1     # one sample record of each
     tasks = {t["pid"]: t for t in doc["tasks"]}
     assert [t["pid"] for t in doc["tasks"]] == [1, 7, 9]
     assert tasks[7]["threads"] == 2 and tasks[7]["vmas"] == 2 and tasks[7]["pages"] == 3

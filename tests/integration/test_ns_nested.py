@@ -1,0 +1,119 @@
+"""Nested pid namespaces survive ``tree dump`` + ``tree restore``.
+
+tests/workloads/ns_nested.c runs as pid 1 of ``unshare --pid --fork --mount-proc``: R forks
+A, which unshare(CLONE_NEWPID)s and forks N (pid 1 of the nested namespace), which forks G
+(pid 2 there).  After dump/kill/restore, every process has the same pid at every level
+(NSpid of /proc/PID/status, read from the host, the levels from the tree's down), each
+process still sees its own pids as before, the counters go on, and A's pid_for_children is
+N's namespace again: a child A forks after the restore lands in it.  The refusal of a
+pid_for_children that holds no child (unshare without a fork) is checked too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from treeutil import (assert_continued, assert_one_error_line, assert_running_untraced,
+                      build, dump_kill, harness_fixture, read_state, status, tree_pids,
+                      wait_changed, wait_for, wait_state)
+
+pytestmark = pytest.mark.integration
+
+tree = harness_fixture()
+ROLES = ("R", "A", "N", "G")
+CLONE_NEWPID = 0x20000000
+
+
+def _levels(root: int) -> dict[tuple, int]:
+    """{NSpid from the tree's level inwards: host pid} of every process under root."""
+    top = len(status(root)["NSpid"].split()) - 1
+    return {tuple(int(x) for x in status(h)["NSpid"].split()[top:]): h
+            for h in tree_pids(root)}
+
+
+def _by_role(d, root: int) -> dict[str, tuple]:
+    """{role: NSpid}: R and A are one level deep (pids 1, 2), N and G two (inner 1, 2);
+    each must report its innermost pid itself in its state file."""
+    roles = {}
+    for nspid in _levels(root):
+        if len(nspid) == 1:
+            roles["R" if nspid[0] == 1 else "A"] = nspid
+        elif len(nspid) == 2:
+            roles["N" if nspid[1] == 1 else "G"] = nspid
+    for role in ROLES:
+        st = read_state(d / f"state.{role}")
+        assert int(st["pid"]) == roles[role][-1], (role, st, roles)
+    return roles
+
+
+def _pidns(host_pid: int, kind: str = "pid") -> str:
+    return os.readlink(f"/proc/{host_pid}/ns/{kind}")
+
+
+def test_nested_pid_namespace_restored(tree):
+    d = tree.dir("nested")
+    wl = tree.launch([build("ns_nested"), d],
+                     ready=lambda: all((d / f"state.{r}").exists() for r in ROLES),
+                     what="all four processes writing their state")
+    for r in ROLES:
+        wait_state(d / f"state.{r}", lambda st: int(st.get("counter", 0)) >= 2, f"{r} running")
+    before = _by_role(d, wl.root)
+    assert sorted(len(v) for v in before.values()) == [1, 1, 2, 2], before
+    hosts = _levels(wl.root)
+    a_host, n_host = hosts[before["A"]], hosts[before["N"]]
+    assert _pidns(a_host, "pid_for_children") == _pidns(n_host), "A is not forking into N's ns"
+    img = tree.base / "nested.img"
+    dump_kill(tree, wl.root, img)
+    last = {r: read_state(d / f"state.{r}") for r in ROLES}
+
+    inspect = tree.cli("inspect", img, "--json")
+    assert inspect.rc == 0, inspect.describe()
+    pidns = json.loads(inspect.out)["namespaces"]["pid"]
+    assert pidns["levels"] == 2
+    assert sorted(tuple(t["nspids"]) for t in pidns["nested"]) == \
+        sorted([before["N"], before["G"]])
+    assert pidns["for_children"] == [dict(pid=before["A"][0], child=before["N"][0])]
+
+    root = tree.restore(img)
+    for r in ROLES:
+        assert_continued(last[r], wait_changed(d / f"state.{r}", last[r]), what=r)
+    after = _by_role(d, root)
+    assert after == before, f"pids at each level: {before} before, {after} after"
+    assert_running_untraced(root)
+    hosts = _levels(root)
+    a_host, n_host, g_host = hosts[after["A"]], hosts[after["N"]], hosts[after["G"]]
+    assert _pidns(n_host) == _pidns(g_host) != _pidns(a_host)
+    assert _pidns(a_host, "pid_for_children") == _pidns(n_host), (
+        "A's pid_for_children is not N's namespace after the restore")
+
+    (d / "fork").touch()                   # A forks F: it must land in N's namespace
+    f = wait_state(d / "state.F", lambda st: int(st.get("counter", 0)) >= 1, "A's new child F")
+    f_host = wait_for(lambda: next((h for n, h in _levels(root).items()
+                                    if len(n) == 2 and n[1] == int(f["pid"])), None),
+                      "F in the tree")
+    assert _pidns(f_host) == _pidns(n_host)
+    assert int(f["ppid"]) == 0, "F's parent A is outside F's namespace: getppid() is 0"
+
+
+def test_pid_for_children_without_child_refused(tree, tmp_path):
+    """A process that unshare(CLONE_NEWPID)'d and never forked is refused by name."""
+    st = tmp_path / "st"
+    script = (f"import ctypes,time; assert ctypes.CDLL(None).unshare({CLONE_NEWPID}) == 0; "
+              f"open('{st}','w').write('x'); time.sleep(600)")
+    wl = tree.launch(["/usr/bin/python3", "-c", script], ready=lambda: st.exists(),
+                     what="the python process to unshare")
+    pid = wl.root
+    before = status(pid)["NSpid"]
+    res = tree.cli("check", pid)
+    assert res.rc == 1, res.describe()
+    assert f"pid {pid} (python3): pid namespace for children: differs from its own" in res.out
+    img = tree.base / "refused.img"
+    res = tree.cli("tree", "dump", pid, img)
+    assert res.rc == 1, res.describe()
+    line = assert_one_error_line(res)
+    assert "pid namespace for children" in line, line
+    assert not img.exists()
+    assert status(pid)["NSpid"] == before and status(pid)["TracerPid"] == "0"
