@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import subprocess
 
 import pytest
@@ -22,7 +23,7 @@ from test_res_inet import launch_netns
 from test_tree_faults import trace_steps
 from treeutil import (UNSUPPORTED_RE, Watcher, assert_continued, assert_one_error_line,
                       assert_running_untraced, build, children, dump_kill, harness_fixture,
-                      read_state, wait_state)
+                      read_state, wait_for, wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -177,3 +178,60 @@ def test_failed_or_leave_running_dump_leaves_connection_working(tree):
         assert_running_untraced(wl.root)
     assert both_props(wl.root, st, cst) == p0
     assert ask(wl.root, "127.0.0.1")["counter"] == "1"
+
+
+def records(first: int, n: int) -> bytes:
+    return b"".join(b"%015d\n" % k for k in range(first, first + n))
+
+
+def recv_exactly(s: socket.socket, size: int) -> bytes:
+    out = b""
+    while len(out) < size:
+        b = s.recv(size - len(out))
+        assert b, f"the connection was closed after {len(out)} of {size} bytes"
+        out += b
+    return out
+
+
+def outq(s: socket.socket) -> int:
+    import fcntl
+    import termios
+    return struct.unpack("i", fcntl.ioctl(s.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+
+
+def test_one_end_with_the_peer_outside_the_tree(tree):
+    """Only the client end is in the tree (host net namespace); its peer is this test,
+    which keeps its socket across the dump (tree killed) and the restore.  Both ends are
+    quiet and everything is acknowledged at the checkpoint (no network lock holds a
+    retransmission off), and one record sits unread in the client's receive queue."""
+    from lxc_cr.resources.files import getfd
+    d = tree.dir("tcp-peer")
+    st = d / "state"
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(60)
+        wl = tree.launch([build("res_tcp"), st, "peer", listener.getsockname()[1]])
+        peer, _ = listener.accept()
+    with peer:
+        peer.settimeout(60)
+        peer.sendall(records(0, 10))
+        assert recv_exactly(peer, 9 * 16) == records(0, 9)   # record 9 stays unread
+        s0 = wait_state(st, lambda s: s.get("got") == "9", "the client read 9 records")
+        fd = int(s0["fd"])
+        with socket.socket(fileno=getfd(wl.root, fd)) as client:
+            def quiet():
+                return outq(peer) == 0 and outq(client) == 0
+            wait_for(quiet, "both ends' data acknowledged")
+        dump_kill(tree, wl.root, d / "img", "--tcp-established")
+        (conn,) = connections(tree, d / "img")
+        assert bytes.fromhex(conn["rcv_queue"]) == records(9, 1), conn
+        assert (conn["peer_addr"], conn["peer_port"]) == peer.getsockname(), conn
+        root = tree.restore(d / "img")
+        peer.sendall(records(10, 10))
+        assert recv_exactly(peer, 10 * 16) == records(9, 10)
+        s1 = wait_state(st, lambda s: s.get("got") == "19", "the client read 19 records")
+        assert s1["boot"] == s0["boot"] and "error" not in s1, s1
+        ti = peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+        assert ti[0] == 1, f"the peer's socket left ESTABLISHED: state {ti[0]}"
+    assert_running_untraced(root)

@@ -1,6 +1,6 @@
 /* A TCP server and its client in one tree (own net namespace; brings lo up itself),
  * exchanging a numbered stream in both directions over one established connection.
- * usage: res_tcp STATE [v6|bulk]
+ * usage: res_tcp STATE [v6|bulk|peer PORT]
  *   The server (pid 1 of the namespace) listens on 127.0.0.1:7070 (or [::1]:7070 with "v6",
  *   SO_REUSEADDR, O_NONBLOCK on the listener), forks the client, which connects, and accepts
  *   it (TCP_NODELAY on the accepted end).  Each end writes one 16-byte record "%015llu\n"
@@ -10,6 +10,9 @@
  *   "error=..." to its state and stops.  "bulk": the client's end is O_NONBLOCK and it writes
  *   up to 512 records per step while the server reads at most 8 per step, so the client's
  *   send queue and the server's receive queue stay full.
+ *   "peer PORT": no server, no fork: one client of a peer outside the tree listening on
+ *   127.0.0.1:PORT (in the caller's net namespace); it reads the peer's records as above and
+ *   answers each one read with its own next record (so it writes only when spoken to).
  *   Later connections to the listener get "counter=N boot=B\n" and are closed (the server's
  *   request counter, as in res_inet.c).
  * STATE (server) and STATE.client (client), rewritten in place (wl_state.h): boot=
@@ -146,6 +149,20 @@ int main(int argc, char **argv)
 
 	if (argc < 2 || getrandom(&boot, sizeof boot, 0) != sizeof boot)
 		return 2;
+	if (argc > 3 && !strcmp(argv[2], "peer")) {     /* a client of a peer outside */
+		struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(atoi(argv[3])) };
+		inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+		c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (connect(c, (struct sockaddr *)&a, sizeof a))
+			return 5;
+		for (;;) {
+			unsigned long long before = got;
+			get_records(c, &got, 1 << 20);
+			put_records(c, &sent, (int)(got - before));
+			state(argv[1], sent, got, c, local_port(c));
+			nap_ms(10);
+		}
+	}
 	lo_up();
 	l = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
