@@ -1,17 +1,21 @@
 """Resources: an inotify instance watching a directory and a file keeps its watches (same
-wds, masks, paths) through ``tree dump`` + ``tree restore``, and reports new events with
-them; a watch that has no reopenable path is refused before freezing."""
+wds, masks, paths) through ``tree dump`` + ``tree restore``, and in an LXC container through
+``lxc checkpoint --stop`` + ``lxc restore``, and reports new events with them; a watch that
+has no reopenable path is refused before freezing."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
-from treeutil import (assert_continued, assert_one_error_line, assert_running_untraced,
-                      build, dump_kill, harness_fixture, idents, read_state, snapshot,
-                      state_int, wait_state)
+from treeutil import (LXC_CR, assert_continued, assert_one_error_line,
+                      assert_running_untraced, build, dump_kill, harness_fixture, idents,
+                      read_state, snapshot, state_int, wait_for, wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +114,45 @@ def test_watch_without_reopenable_handle_refused(tree):
     assert_running_untraced(wl.root)
     s = read_state(st)
     wait_state(st, lambda x: int(x["counter"]) > int(s["counter"]), "the workload to go on")
+
+
+def test_watches_in_lxc_container_by_container_path(lxc_container, tmp_path):
+    """In a busybox LXC container (pivot_root'd into its rootfs) the watches are recorded
+    by their path inside the container, and still report events after lxc checkpoint
+    --stop + lxc restore."""
+    ct = lxc_container("inotify")
+    rootfs = Path(ct.lxcpath) / ct.name / "rootfs"
+    shutil.copy(build("res_inotify", "-static"), rootfs / "bin" / "res_inotify")
+    (rootfs / "tmp" / "w").mkdir(parents=True)
+    (rootfs / "tmp" / "f").write_text("0\n")
+    (rootfs / "etc" / "init.d" / "rcS").write_text(
+        "#!/bin/sh\n/bin/res_inotify /tmp/state /tmp </dev/null >/dev/null 2>&1 &\n")
+    st = rootfs / "tmp" / "state"
+    ct.start()
+    wait_for(lambda: st.exists() and state_int(st, "counter") >= 5, "the workload in the container")
+    res = subprocess.run([LXC_CR, "check", f"lxc:{ct.name}"], capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, timeout=120)
+    assert res.returncode == 0 and res.stdout == "", res
+    img_dir = tmp_path / "ckpt"
+    res = subprocess.run([LXC_CR, "lxc", "checkpoint", ct.name, img_dir, "-P", ct.lxcpath,
+                          "--stop"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    before = read_state(st)
+    res = subprocess.run([LXC_CR, "inspect", "--json", "--section", "inotify_watch",
+                          img_dir / "lxc-cr.img"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    paths = {r["fields"]["wd"]: r["fields"]["path"] for r in json.loads(res.stdout)["records"]}
+    assert paths == {1: "/tmp/w", 3: "/tmp/f"}, paths
+
+    res = subprocess.run([LXC_CR, "lxc", "restore", ct.name, img_dir, "-P", ct.lxcpath],
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert res.returncode == 0, res.stderr
+    (rootfs / "tmp" / "w" / "after").write_text("")
+    with open(rootfs / "tmp" / "f", "a") as f:
+        f.write("1\n")
+    after = wait_state(st, lambda s: s["bad"] != "0" or (
+        "after," in s["created"] and int(s["file_events"]) > int(before["file_events"])),
+        "the restored container's workload to report the new events", timeout=60)
+    assert after["bad"] == "0", after["why"]
+    assert_continued(before, after)
