@@ -11,8 +11,11 @@ Dump: each watch is turned into a path with ``open_by_handle_at(mount fd, handle
 /proc/self/fd/N`` gives the path in the task's mount namespace, made relative to the
 task's root.  The path is accepted only if ``lstat`` through ``/proc/PID/root`` finds the
 same device and inode again.  Refused before freezing, naming the wd: a watch on a
-filesystem that cannot encode or decode file handles, on a filesystem not mounted in the
-task, a file deleted or not reachable from the task's root.
+filesystem that cannot encode or decode file handles (procfs), on a filesystem not mounted
+in the task's mount namespace (the watch lives as long as the superblock, mounted
+elsewhere), a file not reachable from the task's root.  (A watched file's last unlink
+removes its watches, and an unmount of the last mount its superblock's, so neither is
+left to dump.)
 
 Restore, in the task: ``inotify_init1(IN_NONBLOCK|IN_CLOEXEC)``; then, in ascending wd
 order, ``ioctl(INOTIFY_IOC_SETNEXTWD, wd)`` (CONFIG_CHECKPOINT_RESTORE) and

@@ -156,3 +156,27 @@ def test_watches_in_lxc_container_by_container_path(lxc_container, tmp_path):
         "the restored container's workload to report the new events", timeout=60)
     assert after["bad"] == "0", after["why"]
     assert_continued(before, after)
+
+
+def test_watch_on_filesystem_not_mounted_in_the_task_refused(tree):
+    """A watch on a tmpfs that the task's mount namespace unmounted while the host still
+    has it mounted (the watch lives while the superblock does): no mount of it is left in
+    the task to reopen the handle through, nor to restore it at."""
+    d = tree.dir("inotify-umount")
+    mnt = d / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "lxccr-test-inotify", str(mnt)], check=True)
+    try:
+        (mnt / "x").mkdir()
+        d, st, wl = launch(tree, "inotify-umount-wl", str(mnt / "x"))
+        wait_state(st, lambda s: s["wd_extra"] == "4", "the extra watch")
+        subprocess.run(["nsenter", "-t", str(wl.root), "-m", "-p", "umount", "-l", str(mnt)],
+                       check=True)
+        res = tree.cli("tree", "dump", wl.root, d / "img")
+        assert res.rc == 1, res.describe()
+        line = assert_one_error_line(res)
+        assert "inotify watch 4 (on dev 0:" in line and ", not mounted in the task)" in line, line
+        assert not (d / "img").exists()
+        assert_running_untraced(wl.root)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
