@@ -5,27 +5,22 @@ recreate (two siblings, their parent having unshared its table) is refused."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 
 import pytest
 
-from treeutil import (assert_continued, assert_one_error_line, assert_running_untraced,
-                      build, dump_kill, fd_targets, harness_fixture, idents, read_state,
-                      snapshot, state_int, tree_pids, wait_state)
+from treeutil import (KCMP_FILES, assert_continued, assert_one_error_line,
+                      assert_running_untraced, build, dump_kill, fd_targets, harness_fixture,
+                      idents, kcmp, read_state, snapshot, state_int, tree_pids, wait_state)
 
 pytestmark = pytest.mark.integration
 
 tree = harness_fixture()
-_libc = ctypes.CDLL(None, use_errno=True)
-SYS_kcmp, KCMP_FILES = 312, 2
 
 
 def same_table(pid1, pid2) -> bool:
-    r = _libc.syscall(SYS_kcmp, pid1, pid2, KCMP_FILES, 0, 0)
-    assert r >= 0, f"kcmp({pid1}, {pid2}, KCMP_FILES): errno {ctypes.get_errno()}"
-    return r == 0
+    return kcmp(pid1, pid2, KCMP_FILES)
 
 
 def next_round(d, st, k: int) -> tuple[dict, dict]:

@@ -4,27 +4,22 @@ test_res_clone_files.py)."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 
 import pytest
 
-from treeutil import (assert_continued, assert_running_untraced, build, dump_kill,
-                      harness_fixture, idents, read_state, snapshot, state_int, tree_pids,
-                      wait_state)
+from treeutil import (KCMP_FILE, assert_continued, assert_running_untraced, build, dump_kill,
+                      harness_fixture, idents, kcmp, read_state, snapshot, state_int,
+                      tree_pids, wait_state)
 
 pytestmark = pytest.mark.integration
 
 tree = harness_fixture()
-_libc = ctypes.CDLL(None, use_errno=True)
-SYS_kcmp, KCMP_FILE = 312, 0
 O_CLOEXEC = 0o2000000
 
 
 def same_file(pid1, fd1, pid2, fd2) -> bool:
-    r = _libc.syscall(SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2)
-    assert r >= 0, f"kcmp({pid1}, {pid2}, {fd1}, {fd2}): errno {ctypes.get_errno()}"
-    return r == 0
+    return kcmp(pid1, pid2, KCMP_FILE, fd1, fd2)
 
 
 def fd_flags(pid, fd) -> int:

@@ -234,6 +234,18 @@ def exe(pid: int) -> str | None:
         return None
 
 
+KCMP_FILE, KCMP_FILES = 0, 2
+SYS_kcmp = 312
+
+
+def kcmp(pid1: int, pid2: int, kind: int, idx1: int = 0, idx2: int = 0) -> bool:
+    """kcmp(2) says the two processes share the object: KCMP_FILE, fds idx1 and idx2 are
+    one open file description; KCMP_FILES, one fd table."""
+    r = _libc.syscall(SYS_kcmp, pid1, pid2, kind, idx1, idx2)
+    assert r >= 0, f"kcmp({pid1}, {pid2}, {kind}, {idx1}, {idx2}): errno {ctypes.get_errno()}"
+    return r == 0
+
+
 def fd_targets(pid: int) -> dict[int, str]:
     out = {}
     try:
