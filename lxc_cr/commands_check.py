@@ -58,20 +58,37 @@ def estimated_size(tasks) -> int:
     return total
 
 
-def run(args) -> int:
+def preflight(target: str, image_dir: str | None = None) -> tuple[list[str], int, int]:
+    """(one line per problem, number of processes, bytes to dump) of TARGET; the disk space
+    is checked where the image goes (IMAGE_DIR, or its nearest existing parent)."""
+    pid, kind, _ = resolve_target(target)
+    return preflight_pid(pid, kind != "tree", image_dir)
+
+
+def preflight_pid(pid: int, managed: bool, image_dir: str | None = None
+                  ) -> tuple[list[str], int, int]:
+    """:func:`preflight` of the tree rooted at PID (``managed``: a container's init, whose
+    mounts are its manager's)."""
     from lxc_cr.dump import check_tree, discover
     from lxc_cr.kernel.procfs import Proc
-    pid, kind, _ = resolve_target(args.target)
     proc = Proc()
     tasks = discover(proc, pid)
-    problems, _ = check_tree(proc, tasks, managed=kind != "tree")
+    problems, _ = check_tree(proc, tasks, managed=managed)
     lines = [str(p) for p in problems] + environment_problems(tasks)
     need = estimated_size(tasks)
-    free = shutil.disk_usage(getattr(args, "image_dir", None) or os.getcwd()).free
+    where = image_dir or os.getcwd()
+    while not os.path.isdir(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)
+    free = shutil.disk_usage(where).free
     if need > free:
-        lines.append(f"not enough disk space: about {need} bytes needed, {free} free")
+        lines.append(f"not enough disk space in {where}: about {need} bytes needed, {free} free")
+    return lines, len(tasks), need
+
+
+def run(args) -> int:
+    lines, ntasks, need = preflight(args.target, getattr(args, "image_dir", None))
     for line in lines:
         print(line)
     if args.verbose and not lines:
-        print(f"{len(tasks)} processes, about {need} bytes of memory to dump: ok")
+        print(f"{ntasks} processes, about {need} bytes of memory to dump: ok")
     return 1 if lines else 0

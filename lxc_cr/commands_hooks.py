@@ -15,9 +15,10 @@
 
 from __future__ import annotations
 
-import filecmp
 import os
 import shutil
+import subprocess
+import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,13 +27,41 @@ INSTALLS = [
     # (what, source in the repo, installed path)
     ("libvirt lxc hook", os.path.join(REPO, "hooks", "libvirt", "lxc-cr"),
      os.path.join(LIBVIRT_HOOK_DIR, "lxc-cr")),
+    # lxc-cr host shutdown/boot around a reboot (@LXC_CR@ becomes lxc-cr's absolute path)
+    ("systemd unit", os.path.join(REPO, "hooks", "systemd", "lxc-cr-host.service"),
+     "/etc/systemd/system/lxc-cr-host.service"),
+    ("systemd lxc.service drop-in", os.path.join(REPO, "hooks", "systemd", "lxc.service.d",
+                                                 "lxc-cr.conf"),
+     "/etc/systemd/system/lxc.service.d/lxc-cr.conf"),
 ]
+SYSTEMD_UNIT = "lxc-cr-host.service"
+
+
+def lxc_cr_path() -> str:
+    """The lxc-cr console script of this installation (the venv's, for ``pip install -e``)."""
+    here = os.path.join(os.path.dirname(sys.executable), "lxc-cr")
+    if os.access(here, os.X_OK):
+        return os.path.abspath(here)
+    return shutil.which("lxc-cr") or "/usr/local/bin/lxc-cr"
+
+
+def render(src: str) -> bytes:
+    """SRC as installed: systemd units get the absolute path of lxc-cr."""
+    with open(src, "rb") as f:
+        data = f.read()
+    return data.replace(b"@LXC_CR@", lxc_cr_path().encode())
 
 
 def _state(src: str, dst: str) -> str:
     if not os.path.exists(dst):
         return "not installed"
-    return "installed" if filecmp.cmp(src, dst, shallow=False) else "installed (differs)"
+    with open(dst, "rb") as f:
+        same = f.read() == render(src)
+    return "installed" if same else "installed (differs)"
+
+
+def _systemd_running() -> bool:
+    return os.path.isdir("/run/systemd/system")
 
 
 # --- the LXC start-host hook in container configs ------------------------------------------
@@ -156,18 +185,37 @@ def install(containers: list[str] | None = None, lxcpath: str | None = None) -> 
     for what, src, dst in INSTALLS:
         os.makedirs(os.path.dirname(dst), mode=0o755, exist_ok=True)
         tmp = dst + ".lxc-cr-tmp"
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o755)
+        with open(tmp, "wb") as f:
+            f.write(render(src))
+        os.chmod(tmp, 0o644 if dst.startswith("/etc/systemd/") else 0o755)
         os.rename(tmp, dst)
         out.append(f"{what}: installed {dst}")
     out.append("libvirt reads its hooks when libvirtd starts: restart libvirtd to enable it")
+    out += _enable_systemd_unit()
     return out + register_lxc(None, lxcpath)
+
+
+def _enable_systemd_unit() -> list[str]:
+    """Enable and start the unit (its ExecStop runs at shutdown only if it is active)."""
+    hint = f"systemctl daemon-reload && systemctl enable --now {SYSTEMD_UNIT}"
+    if not _systemd_running():
+        return [f"systemd unit: systemd is not running here; on a systemd host run: {hint}"]
+    for argv in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", SYSTEMD_UNIT]):
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=120, check=False)
+        if r.returncode != 0:
+            return [f"systemd unit: {' '.join(argv)} failed: {r.stderr.strip()}; run: {hint}"]
+    return [f"systemd unit: {SYSTEMD_UNIT} enabled and active"]
 
 
 def uninstall(containers: list[str] | None = None, lxcpath: str | None = None) -> list[str]:
     if containers is not None:
         return unregister_lxc(containers, lxcpath)
     out = unregister_lxc(None, lxcpath)
+    if _systemd_running() and os.path.exists(f"/etc/systemd/system/{SYSTEMD_UNIT}"):
+        # disabled, not stopped: stopping would run `lxc-cr host shutdown` now
+        subprocess.run(["systemctl", "disable", SYSTEMD_UNIT], stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=120, check=False)
     for what, _src, dst in INSTALLS:
         try:
             os.unlink(dst)
