@@ -3,6 +3,7 @@
  * Stream sockets may deliver part of a record: struct rx keeps the partial one. */
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -38,6 +39,14 @@ static int __attribute__((unused)) rec_recv(int fd, struct rx *r)
 		r->bad = got ? got : ~0ULL;
 	r->next = got + 1;
 	return 1;
+}
+
+/* Whole records queued unread on a stream or seqpacket socket (FIONREAD counts every
+ * queued byte for both). */
+static int __attribute__((unused)) rec_queued(int fd)
+{
+	int n = 0;
+	return ioctl(fd, FIONREAD, &n) ? 0 : n / REC;
 }
 
 /* A sockaddr_un for path ("@name": the abstract name); its length, or 0 if it does not

@@ -1,6 +1,7 @@
 /* A server accepting two clients over a path socket (stream or seqpacket), numbered
  * records flowing both ways on each connection with a backlog of unread ones on every end
- * (each end sends BACKLOG records first, then sends one and reads one per round); with
+ * (each end sends BACKLOG records first, then one per round, and reads only while more
+ * than KEEP records are queued, at most two per round); with
  * "pending", a third client stays in the listener's accept queue until DIR/more exists.
  *
  * usage: res_unixconn DIR stream|seqpacket [pending]
@@ -18,6 +19,7 @@
 #include "res_unix_rec.h"
 
 #define BACKLOG 8
+#define KEEP 4
 
 static char dir[256];
 static uint64_t boot;
@@ -57,7 +59,8 @@ static void end_start(struct end *e, int fd)
 static void end_round(struct end *e)
 {
 	e->sent += rec_send(e->fd, e->sent + 1);
-	rec_recv(e->fd, &e->rx);
+	for (int i = 0; i < 2 && rec_queued(e->fd) > KEEP; i++)
+		rec_recv(e->fd, &e->rx);
 	sock_name(e->fd, 0, e->name, sizeof e->name);
 	sock_name(e->fd, 1, e->peer, sizeof e->peer);
 }

@@ -1,7 +1,7 @@
 /* A syslog-like pair: a receiver bound at DIR/log.sock (as syslogd's /dev/log) and two
  * sender processes that connect() to it (as logger) and send numbered datagrams
- * ("S<id> <n>"); the receiver reads two per round after a head start, so datagrams are
- * always queued on it.
+ * ("S<id> <n> <ms>", ms: CLOCK_MONOTONIC when sent); the receiver reads a datagram only
+ * once it is LAG_MS old, so datagrams are always queued on it.
  *
  * usage: res_unixdgram DIR
  * State files: DIR/receiver with boot= counter= name= rcvd1= rcvd2= bad= (bad: 0, or the
@@ -15,9 +15,16 @@
 #include "wl_state.h"
 #include "res_unix_rec.h"
 
-#define HEAD_START 10
+#define LAG_MS 60
 
 static uint64_t boot;
+
+static unsigned long long now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000ULL + ts.tv_nsec / 1000000;
+}
 
 static void sender(int id, const char *path, const char *state)
 {
@@ -30,7 +37,7 @@ static void sender(int id, const char *path, const char *state)
 	if (fd < 0 || !len || connect(fd, (void *)&a, len))
 		exit(3);
 	for (;;) {
-		int n = snprintf(m, sizeof m, "S%d %llu", id, sent + 1);
+		int n = snprintf(m, sizeof m, "S%d %llu %llu", id, sent + 1, now_ms());
 		if (send(fd, m, n, MSG_DONTWAIT) == n)
 			sent++;
 		write_state(state, "boot=%llu\ncounter=%llu\nsent=%llu\npeer=%s\nname=%s\n",
@@ -62,23 +69,24 @@ int main(int argc, char **argv)
 	}
 	snprintf(st, sizeof st, "%s/receiver", argv[1]);
 	for (;;) {
-		if (++counter > HEAD_START) {
-			for (int k = 0; k < 2; k++) {
-				char m[64];
-				ssize_t n = recv(r, m, sizeof m - 1, MSG_DONTWAIT);
-				int id;
-				unsigned long long got;
-				if (n <= 0)
-					break;
-				m[n] = 0;
-				if (sscanf(m, "S%d %llu", &id, &got) != 2 || id < 1 || id > 2 ||
-				    got != rcvd[id] + 1) {
-					if (!strcmp(bad, "0"))
-						snprintf(bad, sizeof bad, "%.40s (after %llu)", m,
-							 id >= 1 && id <= 2 ? rcvd[id] : 0);
-				} else {
-					rcvd[id] = got;
-				}
+		counter++;
+		for (int k = 0; k < 4; k++) {
+			char m[64];
+			int id = 0;
+			unsigned long long got = 0, ms = 0;
+			ssize_t n = recv(r, m, sizeof m - 1, MSG_DONTWAIT | MSG_PEEK);
+			if (n <= 0)
+				break;
+			m[n] = 0;
+			if (sscanf(m, "S%d %llu %llu", &id, &got, &ms) == 3 && now_ms() < ms + LAG_MS)
+				break;			/* the oldest is still young: keep it queued */
+			(void)recv(r, m, sizeof m - 1, MSG_DONTWAIT);
+			if (id < 1 || id > 2 || got != rcvd[id] + 1) {
+				if (!strcmp(bad, "0"))
+					snprintf(bad, sizeof bad, "%.40s (after %llu)", m,
+						 id >= 1 && id <= 2 ? rcvd[id] : 0);
+			} else {
+				rcvd[id] = got;
 			}
 		}
 		write_state(st, "boot=%llu\ncounter=%llu\nname=%s\nrcvd1=%llu\nrcvd2=%llu\nbad=%s\n",
