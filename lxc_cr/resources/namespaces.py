@@ -22,6 +22,7 @@ import socket
 
 from lxc_cr.errors import OperationFailed, RestoreFailed, Unsupported
 from lxc_cr.kernel import sys as ksys
+from lxc_cr.kernel.procfs import parse_ns_link
 from lxc_cr.resources.ns_records import NS, UTS
 
 KINDS = ("pid", "uts", "ipc", "net", "mnt", "cgroup", "time", "user")
@@ -62,11 +63,32 @@ def check(proc, root, managed: bool = False, tasks=()) -> list[Unsupported]:
         out += ns_time.check(root, managed)
     if "mnt" in own and not managed:
         out += ns_mnt.check(proc, root)
+        out += _check_proc_mounts(proc, root)
     if "net" in own:
         out += ns_net.check(root, f"/proc/{root.host_pid}/ns/net")
     if "ipc" in own:
         out += ns_ipc.check(root, run_in)
         out += sysv_ipc.check(root, run_in)
+    return out
+
+
+def _check_proc_mounts(proc, root) -> list[Unsupported]:
+    """A proc mount is recreated for the tree's own pid namespace: one mounted for a nested
+    pid namespace (its pid 1 is in another namespace than the root's) is refused."""
+    out = []
+    mine = proc.ns(root.host_pid, "pid")
+    for m in proc.mountinfo(root.host_pid):
+        if m.fstype != "proc":
+            continue
+        try:
+            _k, ino = parse_ns_link(os.readlink(
+                f"/proc/{root.host_pid}/root{m.mount_point.rstrip('/')}/1/ns/pid"))
+        except OSError:
+            continue
+        if ino != mine:
+            out.append(Unsupported(root.host_pid, root.stat.comm, "proc mount",
+                                   where=f"mount {m.mount_point}",
+                                   reason="of a nested pid namespace: not supported"))
     return out
 
 

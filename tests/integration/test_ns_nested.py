@@ -117,3 +117,20 @@ def test_pid_for_children_without_child_refused(tree, tmp_path):
     assert "pid namespace for children" in line, line
     assert not img.exists()
     assert status(pid)["NSpid"] == before and status(pid)["TracerPid"] == "0"
+
+
+def test_proc_of_nested_pid_namespace_refused(tree):
+    """A proc mounted (in the tree's mount namespace) for a nested pid namespace cannot be
+    recreated for it: refused naming the mount, before anything is stopped."""
+    d = tree.dir("procmnt")
+    mnt = d / "proc"
+    ready = d / "ready"
+    script = (f"mkdir {mnt} && unshare --pid --fork sh -c "
+              f"'mount -t proc proc {mnt} && touch {ready} && exec sleep 600'")
+    wl = tree.launch(["/bin/sh", "-c", script], ready=ready.exists,
+                     what="the nested namespace's proc to be mounted")
+    res = tree.cli("check", wl.root)
+    assert res.rc == 1, res.describe()
+    assert f"mount {mnt}: proc mount: of a nested pid namespace: not supported" in res.out, \
+        res.describe()
+    assert_running_untraced(wl.root)
