@@ -185,6 +185,14 @@ def _records(ctx, file_id: int):
     return sorted(by_file.get(file_id, []), key=lambda r: r.wd)
 
 
+def _add(task, rec, w, remote, fd: int, buf: int, mask: int) -> int:
+    try:
+        return remote.call("inotify_add_watch", fd, buf, mask)
+    except KernelError as e:
+        raise RestoreFailed(f"pid {task.pid} fd {rec.fd}: inotify watch {w.wd} on {w.path}: "
+                            f"{os.strerror(e.errno)}", pid=task.pid, fd=rec.fd) from None
+
+
 def restore(ctx, task, rec, remote) -> int:
     watches = _records(ctx, rec.file_id)
     buf, events = ctx.scratch + 2048, ctx.scratch + 1024
@@ -198,11 +206,11 @@ def restore(ctx, task, rec, remote) -> int:
         except KernelError as e:
             if e.errno not in (ENOTTY, EINVAL):
                 raise
-        got = remote.call("inotify_add_watch", fd, buf, mask)
+        got = _add(task, rec, w, remote, fd, buf, mask)
         while got < w.wd and got not in done:          # step the idr cursor up to w.wd
             remote.call("inotify_rm_watch", fd, got)
             stepped = True
-            got = remote.call("inotify_add_watch", fd, buf, mask)
+            got = _add(task, rec, w, remote, fd, buf, mask)
         if got != w.wd:
             raise RestoreFailed(f"pid {task.pid} fd {rec.fd}: inotify watch on {w.path} got "
                                 f"wd {got}, recorded {w.wd}", pid=task.pid)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from treeutil import (LXC_CR, assert_continued, assert_one_error_line,
+from treeutil import (LXC_CR, all_pids_with_exe, assert_continued, assert_one_error_line,
                       assert_running_untraced, build, dump_kill, harness_fixture, idents,
                       read_state, snapshot, state_int, wait_for, wait_state)
 
@@ -180,3 +180,15 @@ def test_watch_on_filesystem_not_mounted_in_the_task_refused(tree):
         assert_running_untraced(wl.root)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_restore_of_a_watch_whose_path_is_gone_fails_cleanly(tree):
+    d, st, wl = launch(tree, "inotify-gone")
+    binary = wl.binary
+    dump_kill(tree, wl.root, d / "img")
+    (d / "f").unlink()
+    res = tree.cli("tree", "restore", d / "img")
+    assert res.rc == 1, res.describe()
+    line = assert_one_error_line(res)
+    assert line.endswith(f": inotify watch 3 on {d / 'f'}: No such file or directory"), line
+    wait_for(lambda: not all_pids_with_exe(binary), "the half-restored tree to be gone")
