@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--stop", action="store_true", help="stop the container afterwards")
     lc.add_argument("-P", "--lxcpath", default=None, help="LXC path")
     lc.add_argument("--compress", choices=["zstd"], default=None, help="compress page data")
+    lc.add_argument("--tcp-established", action="store_true",
+                    help="checkpoint established TCP connections (TCP_REPAIR)")
     _add_common(lc)
     lr = lsub.add_parser("restore", help="restore container NAME from DIR")
     lr.add_argument("name", metavar="NAME")

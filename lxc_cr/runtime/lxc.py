@@ -82,13 +82,18 @@ def hook_registered(c) -> bool:
 # --- checkpoint ---------------------------------------------------------------------------
 
 def checkpoint(name: str, directory: str, stop: bool = False, lxcpath: str | None = None,
-               verbose: bool = False, compress: str | None = None) -> dict:
+               verbose: bool = False, compress: str | None = None,
+               tcp_established: bool = False) -> dict:
+    """``tcp_established``: checkpoint established TCP connections
+    (resources/tcp_established.py)."""
     from lxc_cr.locking import container_lock
     with container_lock("lxc", name, "checkpoint"):
-        return _checkpoint(name, directory, stop, lxcpath, verbose, compress)
+        return _checkpoint(name, directory, stop, lxcpath, verbose, compress,
+                           tcp_established=tcp_established)
 
 
-def _checkpoint(name, directory, stop, lxcpath, verbose, compress) -> dict:
+def _checkpoint(name, directory, stop, lxcpath, verbose, compress,
+                tcp_established=False) -> dict:
     from lxc_cr.dump import dump_tree
     from lxc_cr.kernel.cgroup import Freezer
     from lxc_cr.runtime.records import SOURCE_CONFIG
@@ -101,6 +106,7 @@ def _checkpoint(name, directory, stop, lxcpath, verbose, compress) -> dict:
         config = f.read()
     image = os.path.join(directory, IMAGE_NAME)
     stats = dump_tree(pid, image, leave_running=not stop, compress=compress,
+                      tcp_established=tcp_established,
                       source_kind="lxc", source_name=name, freezer=Freezer(pid),
                       extra_records=[(SOURCE_CONFIG, dict(kind="lxc", name=name,
                                                            lxcpath=c.get_config_path(),
@@ -376,7 +382,8 @@ def run(args) -> int:
     """``lxc-cr lxc checkpoint|restore``."""
     if args.lxc_cmd == "checkpoint":
         checkpoint(args.name, args.dir, stop=args.stop, lxcpath=args.lxcpath,
-                   verbose=args.verbose, compress=getattr(args, "compress", None))
+                   verbose=args.verbose, compress=getattr(args, "compress", None),
+                   tcp_established=getattr(args, "tcp_established", False))
         return 0
     if args.lxc_cmd == "restore":
         restore(args.name, args.dir, lxcpath=args.lxcpath, verbose=args.verbose)

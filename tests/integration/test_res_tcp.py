@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -21,9 +22,9 @@ import pytest
 
 from test_res_inet import launch_netns
 from test_tree_faults import trace_steps
-from treeutil import (UNSUPPORTED_RE, Watcher, assert_continued, assert_one_error_line,
-                      assert_running_untraced, build, children, dump_kill, harness_fixture,
-                      read_state, wait_for, wait_state)
+from treeutil import (LXC_CR, UNSUPPORTED_RE, Watcher, assert_continued,
+                      assert_one_error_line, assert_running_untraced, build, children,
+                      dump_kill, harness_fixture, read_state, wait_for, wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -87,10 +88,13 @@ def both_props(root: int, st, cst) -> dict:
             "client": conn_props(client[0], int(read_state(cst)["fd"]))}
 
 
-def connections(tree, image) -> list[dict]:
-    res = tree.cli("inspect", image, "--json", "--section", "tcp_connection")
-    assert res.rc == 0, res.describe()
-    return [r["fields"] for r in json.loads(res.out)["records"]]
+def connections_of(image) -> list[dict]:
+    """The image's tcp_connection records (``lxc-cr inspect --json``)."""
+    res = subprocess.run([LXC_CR, "inspect", image, "--json", "--section", "tcp_connection"],
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return [r["fields"] for r in json.loads(res.stdout)["records"]]
+
 
 
 @pytest.mark.parametrize("mode", ["v4", "v6", "bulk"])
@@ -104,7 +108,7 @@ def test_established_connection_continues(tree, mode):
 
     dump_kill(tree, wl.root, d / "img", "--tcp-established")
     s0, c0 = read_state(st), read_state(cst)      # as the tree was at the checkpoint
-    conns = connections(tree, d / "img")
+    conns = connections_of(d / "img")
     by_port = {c["port"]: c for c in conns}
     assert len(conns) == 2 and set(by_port) == {7070, p0["client"]["name"][1]}, conns
     srv, cli = by_port[7070], by_port[p0["client"]["name"][1]]
@@ -159,7 +163,7 @@ def test_failed_or_leave_running_dump_leaves_connection_working(tree):
     s0, c0 = read_state(st), read_state(cst)
     tree.dump(wl.root, d / "img", "--tcp-established", "--leave-running",
               env={"LXC_CR_FAULT_TRACE": str(trace)})
-    assert len(connections(tree, d / "img")) == 2
+    assert len(connections_of(d / "img")) == 2
     os.unlink(d / "img")
     progressed(st, s0, 20, "server after --leave-running")
     progressed(cst, c0, 20, "client after --leave-running")
@@ -224,7 +228,7 @@ def test_one_end_with_the_peer_outside_the_tree(tree):
                 return outq(peer) == 0 and outq(client) == 0
             wait_for(quiet, "both ends' data acknowledged")
         dump_kill(tree, wl.root, d / "img", "--tcp-established")
-        (conn,) = connections(tree, d / "img")
+        (conn,) = connections_of(d / "img")
         assert bytes.fromhex(conn["rcv_queue"]) == records(9, 1), conn
         assert (conn["peer_addr"], conn["peer_port"]) == peer.getsockname(), conn
         root = tree.restore(d / "img")
@@ -235,3 +239,33 @@ def test_one_end_with_the_peer_outside_the_tree(tree):
         ti = peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
         assert ti[0] == 1, f"the peer's socket left ESTABLISHED: state {ti[0]}"
     assert_running_untraced(root)
+
+
+def test_lxc_container_connection_survives(lxc_container, tmp_path):
+    """#7 in a busybox LXC container: the server and its client run inside it; after
+    ``lxc-cr lxc checkpoint --stop --tcp-established`` and ``lxc-cr lxc restore`` the stream
+    goes on and the server's request counter continues."""
+    from test_lxc_checkpoint import rootfs, run
+    ct = lxc_container("tcp")
+    fs = rootfs(ct)
+    shutil.copy(build("res_tcp", "-static"), fs / "bin" / "res_tcp")
+    (fs / "etc" / "init.d" / "rcS").write_text(
+        "#!/bin/sh\n/bin/syslogd\n/bin/res_tcp /tmp/state </dev/null >/dev/null 2>&1 &\n")
+    st, cst = fs / "tmp" / "state", fs / "tmp" / "state.client"
+    ct.start()
+    wait_for(lambda: all(p.exists() and int(read_state(p).get("got", 0)) >= 3
+                         for p in (st, cst)), "the stream in the container", timeout=60)
+    assert ask(ct.init_pid(), "127.0.0.1")["counter"] == "1"
+    ckpt = tmp_path / "ckpt"
+    res = run(LXC_CR, "lxc", "checkpoint", ct.name, ckpt, "-P", ct.lxcpath, "--stop",
+              "--tcp-established")
+    assert res.returncode == 0, res.stderr
+    s0, c0 = read_state(st), read_state(cst)
+    conns = connections_of(ckpt / "lxc-cr.img")
+    assert len(conns) == 2 and all(c["rcv_queue"] for c in conns), conns
+    res = run(LXC_CR, "lxc", "restore", ct.name, ckpt, "-P", ct.lxcpath)
+    assert res.returncode == 0, res.stderr
+    progressed(st, s0, 50, "server in the restored container")
+    progressed(cst, c0, 50, "client in the restored container")
+    answer = ask(ct.init_pid(), "127.0.0.1")
+    assert answer == {"counter": "2", "boot": s0["boot"]}, answer
