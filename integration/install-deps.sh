@@ -9,7 +9,7 @@ PACKAGES=(
     lxc lxc-templates busybox-static python3-lxc
     libvirt-daemon libvirt-daemon-driver-lxc libvirt-clients python3-libvirt
     gcc libc6-dev iproute2 nftables
-    python3-venv
+    python3-venv python3-cryptography
 )
 
 missing=()

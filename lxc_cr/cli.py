@@ -29,6 +29,21 @@ def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors", **kw)
 
 
+def _add_encrypt(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encrypt", metavar="KEYFILE", default=None,
+                   help="encrypt the image with the key in KEYFILE (AES-256-GCM; 32 bytes "
+                        "raw, hex or base64, mode 0600)")
+
+
+def _add_restore_policy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key", "--encrypt", dest="key", metavar="KEYFILE", default=None,
+                   help="key file of an encrypted image")
+    p.add_argument("--max-privilege", metavar="SPEC", default=None,
+                   help="refuse an image whose recorded credentials exceed SPEC: "
+                        "'unprivileged', 'uid>=N', 'gid>=N', 'caps=CAP_A,CAP_B' (combine "
+                        "with spaces)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Checkpoint/restart for LXC and libvirt-LXC containers. "
                 "All commands need root.")
@@ -51,12 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--compress-level", type=int, default=3, help="zstd level (default 3)")
     d.add_argument("--tcp-established", action="store_true",
                    help="checkpoint established TCP connections (TCP_REPAIR)")
+    _add_encrypt(d)
     _add_common(d)
     r = tsub.add_parser("restore", help="recreate the tree recorded in IMAGE")
     r.add_argument("image", metavar="IMAGE")
     r.add_argument("--pidfile", metavar="FILE", help="write the host pid of the root here")
     r.add_argument("--print-stats", action="store_true", help="print restore statistics as JSON")
     r.add_argument("--progress", action="store_true", help="show a progress bar on a tty")
+    _add_restore_policy(r)
     _add_common(r)
 
     # --- lxc ---------------------------------------------------------------------------------
@@ -71,11 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--compress", choices=["zstd"], default=None, help="compress page data")
     lc.add_argument("--tcp-established", action="store_true",
                     help="checkpoint established TCP connections (TCP_REPAIR)")
+    _add_encrypt(lc)
     _add_common(lc)
     lr = lsub.add_parser("restore", help="restore container NAME from DIR")
     lr.add_argument("name", metavar="NAME")
     lr.add_argument("dir", metavar="DIR")
     lr.add_argument("-P", "--lxcpath", default=None, help="LXC path")
+    _add_restore_policy(lr)
     _add_common(lr)
     # internal (not listed): spawned by hooks/lxc/start-host on a plain lxc-start
     lrs = lsub.add_parser("resume")
@@ -102,11 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = v.add_mutually_exclusive_group()
     g.add_argument("--running", action="store_true")
     g.add_argument("--paused", action="store_true")
+    _add_encrypt(v)
     v = vparser("restore", "restore a domain from FILE")
     v.add_argument("file", metavar="FILE")
     g = v.add_mutually_exclusive_group()
     g.add_argument("--running", action="store_true")
     g.add_argument("--paused", action="store_true")
+    _add_restore_policy(v)
     v = vparser("managedsave", "save a domain under lxc-cr's managed-save directory")
     v.add_argument("domain", metavar="DOMAIN")
     v = vparser("start", "start a domain, resuming its managed save if it has one")
@@ -116,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("domain", metavar="DOMAIN")
     v = vparser("save-image-dumpxml", "print the domain XML stored in FILE")
     v.add_argument("file", metavar="FILE")
+    v.add_argument("--key", metavar="KEYFILE", help="key file of an encrypted FILE")
     v = vparser("dominfo", "domain state and whether a managed save exists")
     v.add_argument("domain", metavar="DOMAIN")
 
@@ -151,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("image", metavar="IMAGE")
     i.add_argument("--json", action="store_true", help="JSON (schemas/inspect.schema.json)")
     i.add_argument("--section", metavar="KIND", help="only records of this kind")
+    i.add_argument("--key", metavar="KEYFILE", help="key file of an encrypted image")
     _add_common(i)
     c = sub.add_parser("check", help="preflight: list what cannot be checkpointed")
     c.add_argument("target", metavar="TARGET", help="PID, lxc:NAME or libvirt:DOMAIN")
@@ -161,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     cv = sub.add_parser("convert", help="rewrite an older image as the current format")
     cv.add_argument("src", metavar="IN")
     cv.add_argument("dst", metavar="OUT")
+    cv.add_argument("--key", metavar="KEYFILE", help="key file of an encrypted IN")
+    _add_encrypt(cv)
     _add_common(cv)
     return p
 
@@ -234,6 +259,12 @@ def lxc_checkpoint_main(argv: list[str] | None = None) -> int:
     g.add_argument("-d", "--daemon", action="store_true", help="restore in the background (default)")
     g.add_argument("-F", "--foreground", action="store_true", help="restore in the foreground")
     p.add_argument("-P", "--lxcpath", default=None, help="LXC path")
+    p.add_argument("--encrypt", metavar="KEYFILE", default=None,
+                   help="lxc-cr extension: encrypt the image (or, with -r, decrypt it) "
+                        "with the key in KEYFILE")
+    p.add_argument("--max-privilege", metavar="SPEC", default=None,
+                   help="lxc-cr extension, with -r: refuse an image whose credentials "
+                        "exceed SPEC")
     args = p.parse_args(argv)
     from lxc_cr.errors import LxcCrError
     try:

@@ -132,41 +132,44 @@ def _rewrite(path: str, text: str) -> None:
     os.rename(tmp, path)
 
 
-def register_lxc(names: list[str] | None = None, lxcpath: str | None = None) -> list[str]:
+def _each_config(names, lxcpath, change) -> list[str]:
+    """Apply ``change(name, cfg, text) -> (new text or None, message)`` to each container's
+    config; a container destroyed meanwhile is reported, not an error."""
     out = []
     for name, cfg in _container_configs(names, lxcpath):
-        with open(cfg) as f:
-            text = f.read()
-        if _strip_hook_block(text) is not None:
-            out.append(f"lxc start-host hook: {name}: already registered ({cfg})")
-            continue
-        _rewrite(cfg, text + _hook_block(text))
-        out.append(f"lxc start-host hook: {name}: registered ({cfg})")
+        try:
+            with open(cfg) as f:
+                text = f.read()
+            new, msg = change(name, cfg, text)
+            if new is not None:
+                _rewrite(cfg, new)
+        except FileNotFoundError:
+            msg = "container removed meanwhile"
+        out.append(f"lxc start-host hook: {name}: {msg}")
     return out
+
+
+def register_lxc(names: list[str] | None = None, lxcpath: str | None = None) -> list[str]:
+    def change(name, cfg, text):
+        if _strip_hook_block(text) is not None:
+            return None, f"already registered ({cfg})"
+        return text + _hook_block(text), f"registered ({cfg})"
+    return _each_config(names, lxcpath, change)
 
 
 def unregister_lxc(names: list[str] | None = None, lxcpath: str | None = None) -> list[str]:
-    out = []
-    for name, cfg in _container_configs(names, lxcpath):
-        with open(cfg) as f:
-            text = f.read()
+    def change(name, cfg, text):
         stripped = _strip_hook_block(text)
         if stripped is None:
-            out.append(f"lxc start-host hook: {name}: not registered")
-            continue
-        _rewrite(cfg, stripped)
-        out.append(f"lxc start-host hook: {name}: removed ({cfg})")
-    return out
+            return None, "not registered"
+        return stripped, f"removed ({cfg})"
+    return _each_config(names, lxcpath, change)
 
 
 def status_lxc(lxcpath: str | None = None) -> list[str]:
     from lxc_cr import pending
-    out = []
-    for name, cfg in _container_configs(None, lxcpath):
-        with open(cfg) as f:
-            registered = _strip_hook_block(f.read()) is not None
-        out.append(f"lxc start-host hook: {name}: "
-                   f"{'registered' if registered else 'not registered'}")
+    out = _each_config(None, lxcpath, lambda name, cfg, text: (
+        None, "registered" if _strip_hook_block(text) is not None else "not registered"))
     records = pending.all()
     for r in records:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("created") or 0))

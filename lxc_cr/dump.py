@@ -365,7 +365,7 @@ class GuardedRemote(Remote):
 def dump_tree(root_pid: int, image: str, leave_running: bool = False,
               compress: str | None = None, level: int = 3, source_kind: str = "tree",
               source_name: str | None = None, extra_records=None, progress=None,
-              freezer=None, tcp_established: bool = False) -> dict:
+              freezer=None, tcp_established: bool = False, key: bytes | None = None) -> dict:
     from lxc_cr.image.reader import ImageReader
     from lxc_cr.image.writer import ImageWriter
     from lxc_cr.resources import creds, files, memory, namespaces, signals, task as task_mod
@@ -407,7 +407,7 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
         with ImageWriter(image, source_kind=source_kind,
                          source_name=source_name or str(root_pid), compress=compress,
                          level=level, xcr0=xcr0, vdso_size=vdso_size,
-                         vdso_hash=vdso_hash) as w:
+                         vdso_hash=vdso_hash, key=key) as w:
             ctx.writer = w
             namespaces.dump(ctx, root, root.leader.remote, managed, tasks=tasks)
             for t in tasks:
@@ -439,7 +439,7 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
                 pages_written=ctx.stats["pages_written"], tasks=len(tasks)))
             faults.step("dump", "written")
         t_written = time.monotonic()
-        with ImageReader(image) as r:
+        with ImageReader(image, key=key) as r:
             r.verify(blocks=False)   # records + index + bounds; block crcs computed while writing
         faults.step("dump", "verified")
         held.end()              # the image is complete: a crash from here on loses nothing

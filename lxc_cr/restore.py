@@ -96,19 +96,27 @@ class RestoreCtx:
         return recs[0]
 
 
-def restore_tree(image: str, pidfile: str | None = None, takeover=None) -> dict:
+def restore_tree(image: str, pidfile: str | None = None, takeover=None,
+                 key: bytes | None = None, max_privilege=None) -> dict:
     """Restore IMAGE.  ``takeover``: None to fork our own pid-namespace init (tree
     restore), or a callable returning the host pid of a manager's init already seized and
-    stopped at its exec (LXC, libvirt), whose namespaces the manager has set up."""
+    stopped at its exec (LXC, libvirt), whose namespaces the manager has set up.
+    ``key``: of an encrypted image.  ``max_privilege``: a privilege.Limit the recorded
+    credentials must not exceed.  Both, the checksums and the host's compatibility are
+    checked before any process is created."""
+    from lxc_cr import hostcompat, privilege
     from lxc_cr.image.reader import ImageReader
     t0 = time.monotonic()
-    with ImageReader(image) as reader:
+    with ImageReader(image, key=key) as reader:
         # every record (checksum, decoding), the index and every block's bounds now; a
         # block's contents are checked (crc32) as it is read, and a mismatch kills what
         # was created, like any failed restore
         reader.verify(blocks=False)
         ctx = RestoreCtx(reader, image)
         _validate(ctx)
+        hostcompat.check(reader.header, image)
+        if max_privilege is not None:
+            privilege.check(ctx.records, max_privilege, image)
         progress.start("restore", sum(p.npages for p in ctx.records["pages"]) * PAGE)
         from lxc_cr.resources import memory
         memory.start_reader()

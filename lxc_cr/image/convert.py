@@ -29,8 +29,11 @@ def writer_for(reader: ImageReader, path, **kw) -> ImageWriter:
     return ImageWriter(path, **args)
 
 
-def recode(reader: ImageReader, writer: ImageWriter) -> dict:
+def recode(reader: ImageReader, writer: ImageWriter, edit=None) -> dict:
     """Copy every record and referenced block of ``reader`` into ``writer``, in file order.
+
+    ``edit(kind, obj)``, if given, may change a decoded record before it is re-encoded
+    (tests use it to forge images that are intact but say something else).
 
     A block that lies before the record referring to it is copied when the file position
     reaches it; a block after its record (a reserved block) is copied when first referred to.
@@ -45,7 +48,7 @@ def recode(reader: ImageReader, writer: ImageWriter) -> dict:
                    [(ref["offset"], 0, None, ref) for ref in blocks.values()],
                    key=lambda t: (t[0], t[1]))
     done: dict[tuple, dict] = {}
-    src = reader.fileno()
+    src = reader
     for _off, is_record, kind, obj in order:
         if not is_record:
             key = _ref_key(obj)
@@ -59,13 +62,18 @@ def recode(reader: ImageReader, writer: ImageWriter) -> dict:
             new = done[key]
             for k in ("offset", "length", "stored", "codec", "crc32"):
                 ref[k] = new[k]
+        if edit is not None:
+            edit(kind, obj)
         writer.add(kind, obj)
     return dict(records=len(items), blocks=len(blocks))
 
 
 def run(args) -> int:
-    with ImageReader(args.src) as r:
-        with writer_for(r, args.dst) as w:
+    from lxc_cr.image.envelope import load_key
+    key = load_key(args.key) if getattr(args, "key", None) else None
+    out_key = load_key(args.encrypt) if getattr(args, "encrypt", None) else None
+    with ImageReader(args.src, key=key) as r:
+        with writer_for(r, args.dst, key=out_key) as w:
             n = recode(r, w)
         version = r.header.version
     if getattr(args, "verbose", False) or sys.stdout.isatty():

@@ -349,7 +349,11 @@ def _section(r: ImageReader, name: str, as_json: bool, out) -> None:
 
 def run(args, out=None) -> int:
     out = out or sys.stdout
-    with ImageReader(args.image) as r:
+    key = None
+    if getattr(args, "key", None):
+        from lxc_cr.image.envelope import load_key
+        key = load_key(args.key)
+    with ImageReader(args.image, key=key) as r:
         if getattr(args, "verbose", False):
             r.verify()
         if getattr(args, "section", None):

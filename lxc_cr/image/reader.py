@@ -98,9 +98,12 @@ def iter_block_refs(obj):
 class ImageReader:
     """Read one image.  See the module docstring and docs/image-format.md."""
 
-    def __init__(self, path):
+    def __init__(self, path, key: bytes | None = None):
+        """``key``: the 32-byte key of an encrypted image (envelope.py); an encrypted
+        image without it, or with another key, is refused."""
         self.path = os.fspath(path)
         self._fd = -1
+        self._src = None          # an EncryptedSource: every read goes through it
         try:
             self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             self.size = os.fstat(self._fd).st_size
@@ -108,6 +111,7 @@ class ImageReader:
             self.close()
             raise ImageError(self.path, f"cannot open: {e.strerror}") from None
         try:
+            self._open_envelope(key)
             self._open()
         except BaseException:
             self.close()
@@ -128,6 +132,25 @@ class ImageReader:
     def fileno(self) -> int:
         return self._fd
 
+    @property
+    def encrypted(self) -> bool:
+        return self._src is not None
+
+    def _open_envelope(self, key: bytes | None) -> None:
+        from lxc_cr.image import envelope
+        try:
+            sealed = envelope.is_encrypted(self._fd)
+        except OSError as e:
+            raise self.error(f"read error: {e.strerror}", 0) from None
+        if not sealed:
+            if key is not None:
+                raise self.error("a key was given, but the image is not encrypted", 0)
+            return
+        if key is None:
+            raise self.error("the image is encrypted: give its key file (--key KEYFILE)", 0)
+        self._src = envelope.EncryptedSource(self._fd, key, self.path)
+        self.size = self._src.size
+
     def error(self, what: str, offset: int | None = None, section: str | None = None):
         return ImageError(self.path, what, offset, section=section)
 
@@ -136,6 +159,11 @@ class ImageReader:
         if length < 0 or offset < 0 or offset + length > self.size:
             raise self.error(f"truncated: {length} bytes needed past end of file "
                              f"({self.size} bytes)", offset)
+        if self._src is not None:
+            try:
+                return self._src.pread(length, offset)
+            except OSError as e:
+                raise self.error(f"read error: {e.strerror}", offset) from None
         parts = []
         got = 0
         try:
@@ -427,6 +455,11 @@ class ImageReader:
         if mv.nbytes < length:
             raise ValueError(f"buffer of {mv.nbytes} bytes for a block of {length}")
         mv = mv[:length]
+        if ref["codec"] == F.CODEC_RAW and self._src is not None:
+            mv[:] = self.pread(length, ref["offset"])
+            if check and zlib.crc32(mv) != ref["crc32"]:
+                raise self.error("block checksum mismatch", ref["offset"], "block")
+            return length
         if ref["codec"] == F.CODEC_RAW:
             got = 0
             try:

@@ -63,8 +63,9 @@ class ImageWriter:
                  compress: str | None = None, level: int = 3, xcr0: int = 0,
                  vdso_size: int = 0, vdso_hash: bytes = b"\0" * 32,
                  kernel: str | None = None, arch: str | None = None,
-                 created: int | None = None):
+                 created: int | None = None, key: bytes | None = None):
         self.path = os.fspath(path)
+        self.key = key          # encrypt the committed image (envelope.py) with this key
         if source_kind not in F.SOURCE_KINDS:
             raise ImageError(self.path, f"unknown source kind {source_kind!r}")
         if compress not in (None, "zstd"):
@@ -118,7 +119,7 @@ class ImageWriter:
                                errno=e.errno, op=op)
 
     def open(self) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
             try:
                 self._fd = os.open(self.tmp_path, flags, 0o600)
@@ -126,6 +127,9 @@ class ImageWriter:
                 os.unlink(self.tmp_path)
                 self._fd = os.open(self.tmp_path, flags, 0o600)
             os.fchmod(self._fd, 0o600)
+            if self.key is not None:
+                # the plain image lives only behind our fd: no name, gone when we are
+                os.unlink(self.tmp_path)
             self._pwrite(F.build_header(F.CURRENT, self.fields), 0)
         except OSError as e:
             self.abort()
@@ -226,8 +230,11 @@ class ImageWriter:
         self._count_block(length, length)
         return dict(offset=offset, length=length, stored=length, codec=F.CODEC_RAW, crc32=crc32)
 
-    def copy_block(self, src_fd: int, ref) -> dict:
-        """Copy a block's stored bytes from another image as they are (same codec, crc)."""
+    def copy_block(self, src_fd, ref) -> dict:
+        """Copy a block's stored bytes from another image as they are (same codec, crc).
+
+        ``src_fd``: a file descriptor, or an ImageReader (which decrypts an encrypted one)."""
+        read = getattr(src_fd, "pread", None) or (lambda n, off: os.pread(src_fd, n, off))
         if not any(ref[k] for k in ("offset", "length", "stored", "codec", "crc32")):
             return dict(offset=0, length=0, stored=0, codec=0, crc32=0)    # the empty block
         stored = ref["stored"]
@@ -236,7 +243,7 @@ class ImageWriter:
         try:
             while left:
                 n = min(left, 1 << 24)
-                data = os.pread(src_fd, n, src)
+                data = read(n, src)
                 if not data:
                     raise ImageError(self.path, "source block truncated", src)
                 self._pwrite(data, dst)
@@ -267,10 +274,13 @@ class ImageWriter:
             self.fields.update(flags=self.fields["flags"] & ~F.FLAG_INCOMPLETE,
                                index_offset=index_off)
             self._pwrite(F.build_header(F.CURRENT, self.fields), 0)
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-            os.rename(self.tmp_path, self.path)
+            if self.key is not None:
+                self._seal(index_off + len(index) + len(trailer))
+            else:
+                os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = -1
+                os.rename(self.tmp_path, self.path)
         except OSError as e:
             self.abort()
             raise self._oserror("commit", e) from None
@@ -285,6 +295,20 @@ class ImageWriter:
                 os.close(dfd)
         except OSError as e:
             raise self._oserror("fsync directory", e) from None
+
+    def _seal(self, length: int) -> None:
+        """Encrypt the plain image (behind self._fd) into PATH, atomically."""
+        from lxc_cr.image import envelope
+        fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            envelope.seal(self._fd, length, fd, self.key)
+            os.fsync(fd)
+            os.rename(self.tmp_path, self.path)
+        finally:
+            os.close(fd)
+        os.close(self._fd)
+        self._fd = -1
 
     def abort(self) -> None:
         if self._fd >= 0:

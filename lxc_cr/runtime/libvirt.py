@@ -103,15 +103,15 @@ def managed_path(name: str) -> str:
 # --- save ---------------------------------------------------------------------------------
 
 def save(name: str, path: str, uri: str | None = None, verbose: bool = False,
-         after: str | None = None) -> dict:
+         after: str | None = None, key: bytes | None = None) -> dict:
     """``after``: "running" or "paused", recorded for a later restore (virsh save
-    --running/--paused); None leaves the choice to the restore."""
+    --running/--paused); None leaves the choice to the restore.  ``key``: encrypt."""
     from lxc_cr.locking import container_lock
     with container_lock("libvirt", name, "save"):
-        return _save(name, path, uri, verbose, after)
+        return _save(name, path, uri, verbose, after, key)
 
 
-def _save(name, path, uri, verbose, after) -> dict:
+def _save(name, path, uri, verbose, after, key=None) -> dict:
     from lxc_cr.dump import dump_tree
     from lxc_cr.kernel.cgroup import Freezer
     from lxc_cr.runtime.records import RESTORE_STATE, SOURCE_CONFIG
@@ -123,7 +123,7 @@ def _save(name, path, uri, verbose, after) -> dict:
     extra = [(RESTORE_STATE, dict(state=after))] if after else []
     xml = dom.XMLDesc(0)
     progress = _progress_printer() if verbose else None
-    stats = dump_tree(pid, path, leave_running=False, source_kind="libvirt",
+    stats = dump_tree(pid, path, leave_running=False, source_kind="libvirt", key=key,
                       source_name=name, freezer=Freezer(pid), progress=progress,
                       extra_records=[(SOURCE_CONFIG, dict(kind="libvirt", name=name,
                                                            lxcpath=uri or DEFAULT_URI,
@@ -163,10 +163,10 @@ def _wait_inactive(dom, name: str, timeout: float = 30.0) -> None:
 
 # --- restore ------------------------------------------------------------------------------
 
-def image_xml(path: str) -> tuple[str, str]:
+def image_xml(path: str, key: bytes | None = None) -> tuple[str, str]:
     """(domain name, domain XML) stored in a libvirt image."""
     from lxc_cr.image.reader import ImageReader
-    with ImageReader(path) as r:
+    with ImageReader(path, key=key) as r:
         if str(r.header.source_kind) != "libvirt":
             raise VirshBadInput(f"{path}: not a libvirt domain save image "
                                 f"(source {r.header.source_kind})")
@@ -190,29 +190,30 @@ def _shim_xml(xml: str) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
-def saved_state(path: str) -> str | None:
+def saved_state(path: str, key: bytes | None = None) -> str | None:
     from lxc_cr.image.reader import ImageReader
-    with ImageReader(path) as r:
+    with ImageReader(path, key=key) as r:
         for _, obj in r.records("restore_state"):
             return obj.state
     return None
 
 
 def restore(path: str, uri: str | None = None, paused: bool = False,
-            running: bool = False) -> dict:
-    """``paused``/``running`` override the state recorded by ``save --paused/--running``."""
+            running: bool = False, key: bytes | None = None, max_privilege=None) -> dict:
+    """``paused``/``running`` override the state recorded by ``save --paused/--running``.
+    ``key``: of an encrypted image; ``max_privilege``: a privilege.Limit (restore_tree)."""
     from lxc_cr.image.reader import ImageReader
     from lxc_cr.locking import container_lock
     if not os.path.exists(path):
         raise VirshBadInput(f"{path}: No such file or directory")
-    with ImageReader(path) as r:
+    with ImageReader(path, key=key) as r:
         r.verify()
-    name, xml = image_xml(path)
+    name, xml = image_xml(path, key)
     with container_lock("libvirt", name, "restore"):
-        return _restore(path, uri, paused, running, name, xml)
+        return _restore(path, uri, paused, running, name, xml, key, max_privilege)
 
 
-def _restore(path, uri, paused, running, name, xml) -> dict:
+def _restore(path, uri, paused, running, name, xml, key=None, max_privilege=None) -> dict:
     from lxc_cr.intent import recover_target
     from lxc_cr.kernel.ptrace import O_EXITKILL, Tracee
     from lxc_cr.restore import restore_tree
@@ -245,7 +246,7 @@ def _restore(path, uri, paused, running, name, xml) -> dict:
         return pid
 
     try:
-        stats = restore_tree(path, takeover=takeover)
+        stats = restore_tree(path, takeover=takeover, key=key, max_privilege=max_privilege)
     except BaseException:
         d = started.get("dom")
         if d is not None:
@@ -255,7 +256,7 @@ def _restore(path, uri, paused, running, name, xml) -> dict:
                 pass
         raise
     dom = started["dom"]
-    if paused or (not running and saved_state(path) == "paused"):
+    if paused or (not running and saved_state(path, key) == "paused"):
         dom.suspend()
     return stats
 
@@ -324,14 +325,17 @@ def managedsave_remove(name: str, uri: str | None = None) -> bool:
 
 def run(args) -> int:
     """``lxc-cr virsh ...`` with virsh's output."""
+    from lxc_cr.privilege import security_options
     uri = getattr(args, "connect", None)
     cmd = args.virsh_cmd
     if cmd == "save":
         after = "paused" if args.paused else "running" if args.running else None
-        save(args.domain, args.file, uri=uri, verbose=args.verbose, after=after)
+        save(args.domain, args.file, uri=uri, verbose=args.verbose, after=after,
+             key=security_options(args, "encrypt")["key"])
         print(f"\nDomain '{args.domain}' saved to {args.file}\n")
     elif cmd == "restore":
-        restore(args.file, uri=uri, paused=args.paused, running=args.running)
+        restore(args.file, uri=uri, paused=args.paused, running=args.running,
+                **security_options(args, "key"))
         print(f"Domain restored from {args.file}\n")
     elif cmd == "managedsave":
         managedsave(args.domain, uri=uri, verbose=args.verbose)
@@ -345,7 +349,7 @@ def run(args) -> int:
         else:
             print(f"Domain '{args.domain}' has no manage save image; removal skipped")
     elif cmd == "save-image-dumpxml":
-        _, xml = image_xml(args.file)
+        _, xml = image_xml(args.file, security_options(args, "key")["key"])
         print(xml)
     elif cmd == "dominfo":
         dom = lookup(connect(uri), args.domain)

@@ -83,16 +83,16 @@ def hook_registered(c) -> bool:
 
 def checkpoint(name: str, directory: str, stop: bool = False, lxcpath: str | None = None,
                verbose: bool = False, compress: str | None = None,
-               tcp_established: bool = False) -> dict:
-    """``tcp_established``: checkpoint established TCP connections
-    (resources/tcp_established.py)."""
+               key: bytes | None = None, tcp_established: bool = False) -> dict:
+    """``key``: encrypt the image (image/envelope.py); ``tcp_established``: checkpoint
+    established TCP connections (resources/tcp_established.py)."""
     from lxc_cr.locking import container_lock
     with container_lock("lxc", name, "checkpoint"):
-        return _checkpoint(name, directory, stop, lxcpath, verbose, compress,
-                           tcp_established=tcp_established)
+        return _checkpoint(name, directory, stop, lxcpath, verbose, compress, key,
+                           tcp_established)
 
 
-def _checkpoint(name, directory, stop, lxcpath, verbose, compress,
+def _checkpoint(name, directory, stop, lxcpath, verbose, compress, key=None,
                 tcp_established=False) -> dict:
     from lxc_cr.dump import dump_tree
     from lxc_cr.kernel.cgroup import Freezer
@@ -105,7 +105,7 @@ def _checkpoint(name, directory, stop, lxcpath, verbose, compress,
     with open(c.config_file_name) as f:
         config = f.read()
     image = os.path.join(directory, IMAGE_NAME)
-    stats = dump_tree(pid, image, leave_running=not stop, compress=compress,
+    stats = dump_tree(pid, image, leave_running=not stop, compress=compress, key=key,
                       tcp_established=tcp_established,
                       source_kind="lxc", source_name=name, freezer=Freezer(pid),
                       extra_records=[(SOURCE_CONFIG, dict(kind="lxc", name=name,
@@ -132,19 +132,21 @@ def _copy_config(config: str, directory: str) -> None:
 
 # --- restore ------------------------------------------------------------------------------
 
-def restore(name: str, directory: str, lxcpath: str | None = None, verbose: bool = False) -> dict:
+def restore(name: str, directory: str, lxcpath: str | None = None, verbose: bool = False,
+            key: bytes | None = None, max_privilege=None) -> dict:
+    """``key``: of an encrypted image; ``max_privilege``: a privilege.Limit (restore_tree)."""
     from lxc_cr.locking import container_lock
     with container_lock("lxc", name, "restore"):
-        return _restore(name, directory, lxcpath, verbose)
+        return _restore(name, directory, lxcpath, verbose, key, max_privilege)
 
 
-def _restore(name, directory, lxcpath, verbose) -> dict:
+def _restore(name, directory, lxcpath, verbose, key=None, max_privilege=None) -> dict:
     from lxc_cr.intent import recover_target
     recover_target("lxc", name)       # a dump of it killed earlier
     c = container(name, lxcpath)
     if c.running:
         raise OperationFailed(f"{name}: container is running; stop it before restoring")
-    image = _lxc_image(directory)
+    image = _lxc_image(directory, key)
     os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
     path = socket_path(name)
     try:
@@ -167,7 +169,8 @@ def _restore(name, directory, lxcpath, verbose) -> dict:
         return _wait_exec(_accept_init(listener, starter["proc"], name), name)
 
     try:
-        stats = _rebuild(c, name, image, lxcpath, takeover)
+        stats = _rebuild(c, name, image, lxcpath, takeover, key=key,
+                         max_privilege=max_privilege)
     finally:
         listener.close()
         try:
@@ -181,25 +184,26 @@ def _restore(name, directory, lxcpath, verbose) -> dict:
     return stats
 
 
-def _lxc_image(directory: str) -> str:
+def _lxc_image(directory: str, key: bytes | None = None) -> str:
     from lxc_cr.image.reader import ImageReader
     image = os.path.join(directory, IMAGE_NAME)
     if not os.path.exists(image):
         raise UnknownTarget(f"{image}: no checkpoint image")
-    with ImageReader(image) as r:
+    with ImageReader(image, key=key) as r:
         if str(r.header.source_kind) != "lxc":
             raise UnknownTarget(f"{image}: not an LXC checkpoint "
                                 f"(source {r.header.source_kind})")
     return image
 
 
-def _rebuild(c, name: str, image: str, lxcpath: str | None, takeover) -> dict:
+def _rebuild(c, name: str, image: str, lxcpath: str | None, takeover, key=None,
+             max_privilege=None) -> dict:
     """The one takeover path of both entry points: rebuild IMAGE into the init that
     ``takeover()`` returns (seized, stopped at the exit of its execve); on failure the
     container is stopped, so it is never left half-built.  Consumes the pending image."""
     from lxc_cr.restore import restore_tree
     try:
-        stats = restore_tree(image, takeover=takeover)
+        stats = restore_tree(image, takeover=takeover, key=key, max_privilege=max_privilege)
     except BaseException:
         _stop_quiet(c)
         raise
@@ -364,6 +368,11 @@ def _stop_quiet(c) -> None:
 
 # --- the lxc-checkpoint wrapper ----------------------------------------------------------
 
+def _security(args, key_option: str) -> dict:
+    from lxc_cr.privilege import security_options
+    return security_options(args, key_option)
+
+
 def lxc_checkpoint(args) -> int:
     """``lxc-checkpoint -n NAME -D DIR [-s] [-r] [-v] [-d|-F] [-P LXCPATH]``, LXC's semantics:
     dump leaves the container running unless -s; -r restores; a dump refuses a stopped
@@ -371,10 +380,13 @@ def lxc_checkpoint(args) -> int:
     if args.restore:
         if args.stop:
             raise OperationFailed("-s makes no sense with -r")
-        restore(args.name, args.checkpoint_dir, lxcpath=args.lxcpath, verbose=args.verbose)
+        restore(args.name, args.checkpoint_dir, lxcpath=args.lxcpath, verbose=args.verbose,
+                **_security(args, "encrypt"))
     else:
+        if getattr(args, "max_privilege", None):
+            raise OperationFailed("--max-privilege is for a restore (-r)")
         checkpoint(args.name, args.checkpoint_dir, stop=args.stop, lxcpath=args.lxcpath,
-                   verbose=args.verbose)
+                   verbose=args.verbose, key=_security(args, "encrypt")["key"])
     return 0
 
 
@@ -383,10 +395,12 @@ def run(args) -> int:
     if args.lxc_cmd == "checkpoint":
         checkpoint(args.name, args.dir, stop=args.stop, lxcpath=args.lxcpath,
                    verbose=args.verbose, compress=getattr(args, "compress", None),
+                   key=_security(args, "encrypt")["key"],
                    tcp_established=getattr(args, "tcp_established", False))
         return 0
     if args.lxc_cmd == "restore":
-        restore(args.name, args.dir, lxcpath=args.lxcpath, verbose=args.verbose)
+        restore(args.name, args.dir, lxcpath=args.lxcpath, verbose=args.verbose,
+                **_security(args, "key"))
         return 0
     if args.lxc_cmd == "resume":
         resume(args.name, args.takeover_pid, lxcpath=args.lxcpath, report_fd=args.report_fd)
