@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--stop", action="store_true", help="stop the container afterwards")
     lc.add_argument("-P", "--lxcpath", default=None, help="LXC path")
     lc.add_argument("--compress", choices=["zstd"], default=None, help="compress page data")
+    lc.add_argument("--tcp-established", action="store_true",
+                    help="checkpoint established TCP connections (TCP_REPAIR)")
     _add_encrypt(lc)
     _add_common(lc)
     lr = lsub.add_parser("restore", help="restore container NAME from DIR")
@@ -149,6 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
     hk.add_argument("-P", "--lxcpath", default=None, help="LXC path of those containers")
     _add_common(hk)
 
+    # --- host (reboot without losing containers) -------------------------------------------
+    ho = sub.add_parser("host", help="checkpoint everything before a host reboot, restore after")
+    hsub = ho.add_subparsers(dest="host_cmd", metavar="ACTION", parser_class=_Parser)
+    hsub.required = True
+    for name, help_ in (("shutdown", "checkpoint (or shut down) every container per the policy"),
+                        ("boot", "restore what the last host shutdown saved, in policy order")):
+        h = hsub.add_parser(name, help=help_)
+        h.add_argument("--config", metavar="FILE", default=None,
+                       help="policy file (default $LXC_CR_CONFIG or /etc/lxc-cr/config.yaml)")
+        h.add_argument("--only", nargs="+", metavar="NAME", default=None,
+                       help="act only on these containers/domains")
+        h.add_argument("--kind", choices=["lxc", "libvirt"], default=None,
+                       help="only LXC containers or only libvirt domains")
+        h.add_argument("--image-dir", metavar="DIR", default=None,
+                       help="manifest and LXC images here instead of the policy's image_dir")
+        _add_common(h)
+
     # --- inspect / check / convert ----------------------------------------------------------
     i = sub.add_parser("inspect", help="decode an image")
     i.add_argument("image", metavar="IMAGE")
@@ -184,6 +203,9 @@ def _run(args) -> int:
     if args.cmd == "hooks":
         from lxc_cr import commands_hooks
         return commands_hooks.run(args)
+    if args.cmd == "host":
+        from lxc_cr import host
+        return host.run(args)
     if args.cmd == "inspect":
         from lxc_cr.image import inspect as image_inspect
         return image_inspect.run(args)

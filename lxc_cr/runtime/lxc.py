@@ -83,14 +83,17 @@ def hook_registered(c) -> bool:
 
 def checkpoint(name: str, directory: str, stop: bool = False, lxcpath: str | None = None,
                verbose: bool = False, compress: str | None = None,
-               key: bytes | None = None) -> dict:
-    """``key``: encrypt the image (image/envelope.py)."""
+               key: bytes | None = None, tcp_established: bool = False) -> dict:
+    """``key``: encrypt the image (image/envelope.py); ``tcp_established``: checkpoint
+    established TCP connections (resources/tcp_established.py)."""
     from lxc_cr.locking import container_lock
     with container_lock("lxc", name, "checkpoint"):
-        return _checkpoint(name, directory, stop, lxcpath, verbose, compress, key)
+        return _checkpoint(name, directory, stop, lxcpath, verbose, compress, key,
+                           tcp_established)
 
 
-def _checkpoint(name, directory, stop, lxcpath, verbose, compress, key=None) -> dict:
+def _checkpoint(name, directory, stop, lxcpath, verbose, compress, key=None,
+                tcp_established=False) -> dict:
     from lxc_cr.dump import dump_tree
     from lxc_cr.kernel.cgroup import Freezer
     from lxc_cr.runtime.records import SOURCE_CONFIG
@@ -103,6 +106,7 @@ def _checkpoint(name, directory, stop, lxcpath, verbose, compress, key=None) -> 
         config = f.read()
     image = os.path.join(directory, IMAGE_NAME)
     stats = dump_tree(pid, image, leave_running=not stop, compress=compress, key=key,
+                      tcp_established=tcp_established,
                       source_kind="lxc", source_name=name, freezer=Freezer(pid),
                       extra_records=[(SOURCE_CONFIG, dict(kind="lxc", name=name,
                                                            lxcpath=c.get_config_path(),
@@ -391,7 +395,8 @@ def run(args) -> int:
     if args.lxc_cmd == "checkpoint":
         checkpoint(args.name, args.dir, stop=args.stop, lxcpath=args.lxcpath,
                    verbose=args.verbose, compress=getattr(args, "compress", None),
-                   key=_security(args, "encrypt")["key"])
+                   key=_security(args, "encrypt")["key"],
+                   tcp_established=getattr(args, "tcp_established", False))
         return 0
     if args.lxc_cmd == "restore":
         restore(args.name, args.dir, lxcpath=args.lxcpath, verbose=args.verbose,
