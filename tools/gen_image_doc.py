@@ -143,6 +143,7 @@ def generate() -> str:
         add("")
         o += table(fmt.index_entry)
         add("")
+    _envelope(o)
     add("## Record kinds")
     add("")
     add("Registered in `lxc_cr/image/kinds.py` by the resource modules.  `inspect --section "
@@ -165,6 +166,39 @@ def generate() -> str:
         o += table(k.struct)
         add("")
     return "\n".join(o).rstrip("\n") + "\n"
+
+
+def _envelope(o: list[str]) -> None:
+    """The encryption envelope (``--encrypt``), from lxc_cr/image/envelope.py."""
+    from lxc_cr.image import envelope as E
+    add = o.append
+    add("## Encrypted images (envelope)")
+    add("")
+    add(f"An image written with `--encrypt KEYFILE` is the plain image above sealed in an "
+        f"envelope (`lxc_cr/image/envelope.py`): a {E.HEADER_SIZE}-byte header in the clear, "
+        f"then the plain image cut into chunks of 2^`chunk_shift` bytes (the writer uses "
+        f"2^{E.DEFAULT_CHUNK_SHIFT}; the last chunk is shorter, possibly empty), each "
+        f"encrypted with AES-256-GCM and followed by its {E.TAG_SIZE}-byte tag.  Magic "
+        f"`{E.MAGIC.decode()}`, envelope version {E.VERSION}.")
+    add("")
+    o += table(E.Header)
+    add("")
+    add("* Chunk *i* is sealed with the 12-byte nonce `nonce_prefix || i (u32, big endian) "
+        "|| final (1 byte: 1 for the last chunk, else 0)` and the whole 32-byte envelope "
+        "header as associated data.  A flipped bit, a swapped or repeated chunk, a file cut "
+        "anywhere (even at a chunk boundary: the new last chunk was not sealed as final), "
+        "an appended chunk or an edited header all fail authentication.")
+    add("* `key_id` is the first 8 bytes of the key's sha256: a wrong key is named before "
+        "anything is decrypted.  `nonce_prefix` is 7 random bytes for every image, so images "
+        "sealed with one key do not share nonces (a collision of two random 56-bit "
+        "prefixes stays negligible up to millions of images per key).")
+    add("* The plain size is the file size minus the header and one tag per chunk; every "
+        "chunk can be decrypted on its own, so the reader reads an encrypted image in place "
+        "(random access, nothing plain on disk), and the envelope can also be streamed front "
+        "to back.")
+    add("* Key file: 32 raw bytes, 64 hex digits or base64 of 32 bytes; refused if group or "
+        "other may access it.")
+    add("")
 
 
 def _module_of(kind) -> str:
