@@ -379,7 +379,7 @@ def _worker_main(argv: list[str]) -> int:
         res = {"ok": True, "stats": stats if isinstance(stats, dict) else {}}
     except LxcCrError as e:
         res = {"ok": False, "class": type(e).__name__, "message": str(e),
-               "transient": _transient(e)}
+               "transient": _transient(e), "exit_code": e.exit_code}
     except KeyboardInterrupt:
         res = {"ok": False, "class": "Interrupted", "message": "interrupted"}
     except Exception as e:  # noqa: BLE001 - a bug: still one line for the log
@@ -455,6 +455,16 @@ def _thaw_lxc(t: Target) -> None:
             Freezer(c.init_pid).thaw()
     except (LxcCrError, OSError):
         pass
+
+
+def _running(t: Target) -> bool:
+    if t.kind == "lxc":
+        return _lxc_running(t)
+    from lxc_cr.runtime import libvirt as virt
+    try:
+        return _dom_active(virt.lookup(virt.connect(t.where), t.name))
+    except LxcCrError:
+        return False
 
 
 def _lxc_running(t: Target) -> bool:
@@ -650,8 +660,12 @@ def _boot_one(e: dict, t: Target, manifest: Manifest) -> dict:
         return e
 
     image, path = e["image"], e.get("image_file") or _image_file(kind, e["image"])
-    if kind == "lxc" and _lxc_running(t):
-        if pending.lookup("lxc", name, lxcpath) is None:
+    if _running(t):
+        # resumed meanwhile: LXC's start hook consumes the pending record, lxc-cr virsh
+        # start removes the managed save
+        if (pending.lookup(kind, name, lxcpath) is None if kind == "lxc"
+                else not os.path.exists(image)):
+            pending.consume(kind, name, lxcpath)
             e.update(state="restored", boot_note="resumed by its start hook")
             manifest.put(e)
             log(kind, name, "already resumed by its start hook", outcome="restored")
@@ -663,6 +677,13 @@ def _boot_one(e: dict, t: Target, manifest: Manifest) -> dict:
         return e
     why = _verify(path, e)
     res = {"ok": False, "message": why} if why else _attempt("restore", t, image)
+    if not why and not res.get("ok") and res.get("exit_code") != 2:
+        # a failed restore leaves the container stopped and the image intact: one more
+        # try before booting it cold (a bad image, exit code 2, is not tried again)
+        again = _attempt("restore", t, image)
+        if not again.get("ok"):
+            again["message"] = f"{res.get('message')}; again: {again.get('message')}"
+        res = again
     if res.get("ok"):
         if kind == "libvirt":
             with contextlib.suppress(FileNotFoundError):

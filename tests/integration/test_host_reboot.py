@@ -296,3 +296,29 @@ def test_systemd_units_verify(tmp_path):
     bad = rendered_units(tmp_path / "bad", "/nonexistent/lxc-cr")
     r = verify(bad / "lxc-cr-host.service")
     assert r.returncode != 0 and "/nonexistent/lxc-cr" in r.stderr, r.stderr
+
+
+def test_boot_cold_starts_when_the_image_was_changed(lxc_container, tmp_path):
+    ct = busybox(lxc_container, "hr-flip")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"scope: listed\ncontainers:\n  {ct.name}: {{timeout: 60}}\n")
+    env = {"LXC_CR_CONFIG": str(config), "LXC_CR_STATE_DIR": str(tmp_path / "state")}
+    images = tmp_path / "images"
+    r = host("shutdown", "--image-dir", images, env=env)
+    assert r.returncode == 0, r.stderr
+    assert per_container(r.stderr)[ct.name].startswith("checkpointed in ")
+    img = images / "lxc" / ct.name / "lxc-cr.img"
+    data = bytearray(img.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    img.write_bytes(bytes(data))
+    r = host("boot", "--image-dir", images, env=env)
+    assert r.returncode == 1, r.stderr
+    line = per_container(r.stderr)[ct.name]
+    assert re.fullmatch(rf"restore failed: {img}: checksum mismatch \(image changed since the "
+                        rf"shutdown\); cold-started in \d+\.\d\d s \(image kept: {img}\)", line), line
+    assert ct.state() == "RUNNING"
+    wait_for(lambda: lines_of(ct, "boots") == 2, timeout=60, what="the cold boot")
+    entry = json.loads((images / "manifest.json").read_text())["entries"][0]
+    assert entry["state"] == "cold-started" and "checksum" in entry["boot_error"]
+    assert not list((tmp_path / "state" / "pending").iterdir()), "the image must not stay pending"
+    ct.stop()
