@@ -18,8 +18,11 @@ Anything else (fuse, a bind whose source is gone, an overmounted tmpfs) is refus
 ``check()``.  Restore runs in the restored init right after unshare(CLONE_NEWNS): mounts
 of the copied table that the tree did not have are detached, the others are created in the
 recorded order (parents and lower mounts first), then the result is compared with the
-recorded table.  Propagation: shared and unbindable are re-applied; slave relations
-(master:N) are not recreated (the copy is private).
+recorded table.  Propagation: shared and unbindable are re-applied; a mount the tree shared
+with the host as a slave (``master:N``, e.g. ``unshare --propagation slave``) is made a
+slave of the peer group the restorer's mount there is in (same place; its group id may
+differ after a reboot); it stays private if that mount is no longer shared.  Slave
+relations between the tree's own mounts are not recreated (they are private).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from lxc_cr.resources.records_common import BlockRef, Str
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
 MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND = 0x20, 0x400, 0x800, 0x1000
 MS_REC, MS_UNBINDABLE, MS_PRIVATE, MS_SHARED = 0x4000, 0x20000, 0x40000, 0x100000
-MS_RELATIME, MS_STRICTATIME = 0x200000, 0x1000000
+MS_RELATIME, MS_STRICTATIME, MS_SLAVE = 0x200000, 0x1000000, 0x80000
 MNT_DETACH = 2
 _OPT_FLAGS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC,
               "noatime": MS_NOATIME, "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME}
@@ -208,7 +211,7 @@ def _data(super_options: str) -> str:
 def restore(records, reader, fresh_proc: bool = True) -> None:
     mounts = list(records.get("mount", ()))
     data = {d.mount_id: d for d in records.get("mount_data", ())}
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _propagation_start(mounts)
     if not mounts:                       # an image without a mount table: /proc only
         if fresh_proc:
             _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -252,6 +255,24 @@ def restore(records, reader, fresh_proc: bool = True) -> None:
     diff = compare(mounts, _read_self())
     if diff:
         raise RestoreFailed("mount table differs from the recorded one: " + "; ".join(diff[:5]))
+
+
+def _propagation_start(mounts) -> None:
+    """Cut the copied table off the restorer's: every mount private, except the mounts the
+    tree shared with the host as slaves (``master:N``): those become slaves (MS_SLAVE) of
+    the peer group the restorer's mount at that place is in, if it still is shared."""
+    slaves = {m.mount_point for m in mounts if str(m.how) == "host"
+              and any(o.startswith("master:") for o in m.optional)}
+    if not slaves:
+        _mount(None, "/", None, MS_REC | MS_PRIVATE)
+        return
+    _mount(None, "/", None, MS_REC | MS_SLAVE)     # nothing propagates back to the host
+    for m in _read_self():
+        if m.mount_point not in slaves:
+            try:
+                _mount(None, m.mount_point, None, MS_PRIVATE)
+            except (OSError, KernelError):
+                pass            # hidden under another mount: a slave, sends nothing back
 
 
 def _read_self() -> list:
