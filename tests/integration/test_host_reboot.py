@@ -322,3 +322,34 @@ def test_boot_cold_starts_when_the_image_was_changed(lxc_container, tmp_path):
     assert entry["state"] == "cold-started" and "checksum" in entry["boot_error"]
     assert not list((tmp_path / "state" / "pending").iterdir()), "the image must not stay pending"
     ct.stop()
+
+
+def test_checkpoint_timeout_falls_back_and_ignore_is_left_alone(lxc_container, tmp_path):
+    slow = busybox(lxc_container, "hr-slow")
+    keep = busybox(lxc_container, "hr-keep")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"scope: listed\ncontainers:\n  {slow.name}: {{timeout: 4}}\n"
+                      f"  {keep.name}: {{action: ignore}}\n")
+    trace = tmp_path / "trace"
+    # the dump of the slow one stops (frozen) at step 2 for far longer than its timeout
+    env = {"LXC_CR_CONFIG": str(config), "LXC_CR_STATE_DIR": str(tmp_path / "state"),
+           "LXC_CR_FAULT_TRACE": str(trace), "LXC_CR_FAULT_HOLD": "dump:2",
+           "LXC_CR_FAULT_HOLD_SECONDS": "600"}
+    images = tmp_path / "images"
+    r = host("shutdown", "--image-dir", images, env=env)
+    assert r.returncode == 1, r.stderr
+    assert re.search(r"^dump 2 .*frozen$", trace.read_text(), re.M), trace.read_text()
+    lines = per_container(r.stderr)
+    assert re.fullmatch(r"checkpoint failed: timed out after 4 s; (shut down cleanly|killed after "
+                        r"a clean shutdown timed out \(4 s\)) in \d+\.\d\d s", lines[slow.name]), \
+        lines[slow.name]
+    assert lines[keep.name] == "left running (policy: ignore)"
+    assert slow.state() == "STOPPED"
+    assert not list((images / "lxc" / slow.name).glob("*.img*")), "a partial image was left"
+    assert keep.state() == "RUNNING"
+    c0 = counter(keep)
+    wait_for(lambda: counter(keep) > c0, what="the ignored container to keep running")
+    entries = json.loads((images / "manifest.json").read_text())["entries"]
+    assert [e["name"] for e in entries] == [slow.name]
+    assert entries[0]["fallback"] and entries[0]["reason"] == "timed out after 4 s"
+    keep.stop()
