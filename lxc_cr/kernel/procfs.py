@@ -20,6 +20,7 @@ from lxc_cr.errors import OperationFailed, TaskGone
 
 UNLIMITED = 2**64 - 1  # RLIM_INFINITY as the kernel stores it
 PF_KTHREAD = 0x00200000  # Stat.flags: a kernel thread (include/linux/sched.h)
+PF_EXITING = 0x00000004  # Stat.flags: in do_exit(), not yet a zombie (include/linux/sched.h)
 
 
 # --- /proc/PID/stat ------------------------------------------------------------------------
@@ -537,10 +538,14 @@ class Proc:
         return f"{base}/{name}" if name else base
 
     def _zombie(self, pid: int) -> bool:
+        """Exited (Z, X) or exiting: do_exit() drops the task's namespaces, files and mm
+        (exit_task_namespaces, exit_files, exit_mm) before exit_notify() makes it a zombie,
+        so meanwhile /proc/PID/ns/* and fd/* give ENOENT while PF_EXITING is set."""
         try:
-            return is_zombie(parse_stat(self._read(pid, "stat")))
+            st = parse_stat(self._read(pid, "stat"))
         except (OSError, ValueError):
             return False
+        return is_zombie(st) or bool(st.flags & PF_EXITING)
 
     def _read(self, pid: int, name: str, tid: int | None = None) -> bytes:
         with open(self._path(pid, name, tid), "rb", buffering=0) as f:
