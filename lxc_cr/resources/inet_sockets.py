@@ -12,6 +12,9 @@ O_NONBLOCK comes from the fd record's flags.
 Restore, injected into the task (so in the task's own net namespace, restored before the
 fds): socket(family, type), the options, bind() to the recorded address when it had a port,
 listen(backlog) for a listener, connect() to the recorded peer for a connected UDP socket.
+A socket bound to the port of a restored connection (a listener and its accepted
+connections) binds and listens with SO_REUSEADDR, then gets its own setting back: the
+connection may have been restored first, in repair mode.
 
 An established TCP connection is handed to ``tcp_established`` (TCP_REPAIR) when the dump
 runs with ``--tcp-established`` (``ctx.tcp_established``); without it, it is refused by name
@@ -183,6 +186,11 @@ def restore(ctx, task, rec, remote) -> int:
             (SOL_SOCKET, SO_BROADCAST, u.broadcast)]
     if u.family == AF_INET6:
         opts.append((IPPROTO_IPV6, IPV6_V6ONLY, u.v6only))
+    # an accepted connection on this port may be restored already (from a lower fd), in
+    # repair mode: bind() and listen() share its port only with SO_REUSEADDR set
+    shared = not u.reuseaddr and u.port and tcp_established.holds_port(ctx, u.port)
+    if shared:
+        opts[0] = (SOL_SOCKET, SO_REUSEADDR, True)
     for level, name, on in opts:
         if on or (level, name) == (IPPROTO_IPV6, IPV6_V6ONLY):   # v6only: default is a sysctl
             remote.write(buf, struct.pack("<i", int(on)))
@@ -193,6 +201,9 @@ def restore(ctx, task, rec, remote) -> int:
         remote.call("bind", fd, buf, len(addr))
     if u.listening:
         remote.call("listen", fd, u.backlog)
+    if shared:
+        remote.write(buf, struct.pack("<i", 0))
+        remote.call("setsockopt", fd, SOL_SOCKET, SO_REUSEADDR, buf, 4)
     elif u.peer_port:
         addr = sockaddr(u.family, u.peer_addr, u.peer_port)
         remote.write(buf, addr)

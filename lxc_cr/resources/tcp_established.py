@@ -283,6 +283,12 @@ def restore(ctx, task, rec, remote, fd: int) -> None:
         s.setsockopt(tcp, TCP_NODELAY, 1)
 
 
+def holds_port(ctx, port: int) -> bool:
+    """A restored connection is bound to local ``port`` (a listener restored on the same
+    port must then bind and listen with SO_REUSEADDR: see inet_sockets.restore)."""
+    return any(c.port == port for c in ctx.records["tcp_connection"])
+
+
 def release(ctx) -> None:
     """Every task of the tree is rebuilt: let the restored connections talk again."""
     try:

@@ -97,7 +97,7 @@ def connections_of(image) -> list[dict]:
 
 
 
-@pytest.mark.parametrize("mode", ["v4", "v6", "bulk"])
+@pytest.mark.parametrize("mode", ["v4", "v6", "bulk", "lowfd"])
 def test_established_connection_continues(tree, mode):
     host = "::1" if mode == "v6" else "127.0.0.1"
     wl, d, st, cst = start(tree, f"tcp-{mode}", "" if mode == "v4" else mode)

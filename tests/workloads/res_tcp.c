@@ -1,6 +1,6 @@
 /* A TCP server and its client in one tree (own net namespace; brings lo up itself),
  * exchanging a numbered stream in both directions over one established connection.
- * usage: res_tcp STATE [v6|bulk|peer PORT]
+ * usage: res_tcp STATE [v6|bulk|lowfd|peer PORT]
  *   The server (pid 1 of the namespace) listens on 127.0.0.1:7070 (or [::1]:7070 with "v6",
  *   SO_REUSEADDR, O_NONBLOCK on the listener), forks the client, which connects, and accepts
  *   it (TCP_NODELAY on the accepted end).  Each end writes one 16-byte record "%015llu\n"
@@ -10,6 +10,8 @@
  *   "error=..." to its state and stops.  "bulk": the client's end is O_NONBLOCK and it writes
  *   up to 512 records per step while the server reads at most 8 per step, so the client's
  *   send queue and the server's receive queue stay full.
+ *   "lowfd": the listener has no SO_REUSEADDR and is moved to fd 20, above the accepted
+ *   connection (which a restore then creates first, on the listener's port).
  *   "peer PORT": no server, no fork: one client of a peer outside the tree listening on
  *   127.0.0.1:PORT (in the caller's net namespace); it reads the peer's records as above and
  *   answers each one read with its own next record (so it writes only when spoken to).
@@ -141,6 +143,7 @@ int main(int argc, char **argv)
 {
 	int v6 = argc > 2 && !strcmp(argv[2], "v6");
 	int bulk = argc > 2 && !strcmp(argv[2], "bulk");
+	int lowfd = argc > 2 && !strcmp(argv[2], "lowfd");
 	int one = 1, l, c;
 	unsigned long long sent = 0, got = 0;
 	struct sockaddr_storage ss;
@@ -165,7 +168,8 @@ int main(int argc, char **argv)
 	}
 	lo_up();
 	l = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (!lowfd)
+		setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
 	for (int i = 0; bind(l, (struct sockaddr *)&ss, len); i++)
 		if (i > 200)
 			return 3;
@@ -190,6 +194,11 @@ int main(int argc, char **argv)
 	while ((c = accept4(l, NULL, NULL, SOCK_CLOEXEC)) < 0)
 		nap_ms(1);
 	setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	if (lowfd) {            /* the listener above the connection: restored after it */
+		dup3(l, 20, O_CLOEXEC);
+		close(l);
+		l = 20;
+	}
 	fcntl(l, F_SETFL, fcntl(l, F_GETFL) | O_NONBLOCK);
 	for (;;) {
 		struct pollfd p = { l, POLLIN };
