@@ -16,7 +16,7 @@ time:
   shutdown, then destroy).
 * ``ignore``: left alone.
 
-Each checkpoint and restore runs in its own worker process (``python -m lxc_cr.host``), so
+Each checkpoint and restore runs in its own worker process (lxc_cr/host_worker.py), so
 a timeout can interrupt it (SIGINT: the dump resumes the container and removes its image)
 and one crash never takes the others down.
 
@@ -36,13 +36,11 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import errno
 import fcntl
 import hashlib
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -50,27 +48,14 @@ import threading
 import time
 
 from lxc_cr import pending
-from lxc_cr.errors import BadInput, Busy, KernelError, LxcCrError, OperationFailed
+from lxc_cr.errors import BadInput, LxcCrError, OperationFailed
+from lxc_cr.host_worker import attempt
 from lxc_cr.policy import DEFAULT_URI, Policy, Settings
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 LOG_TAG = "lxc-cr host"
-# container states LXC / libvirt pass through briefly: wait and retry, do not fall back
-LXC_TRANSITIONS = ("STARTING", "STOPPING", "ABORTING", "FREEZING")
-RETRY_ATTEMPTS = 4
-RETRY_BUDGET = 30.0          # seconds, at most, spent waiting between attempts
-KILL_GRACE = 20.0            # after SIGINT to a timed-out worker, before SIGKILL
-
-
-class InTransition(OperationFailed):
-    """The container is starting, stopping or freezing: try again shortly."""
-
-
-class _Transient(Exception):
-    def __init__(self, result: dict):
-        super().__init__(result.get("message", "transient error"))
-        self.result = result
+LIBVIRT_SOCKETS = ("libvirt-sock", "virtlxcd-sock")
 
 
 # --- logging --------------------------------------------------------------------------------
@@ -199,11 +184,15 @@ class Manifest:
         return [e for e in data["entries"] if isinstance(e, dict)]
 
     def put(self, entry: dict) -> None:
-        """Replace the entry of the same target (or add it) and write the file."""
+        """Replace the entry of the same target (or add it) and write the file.  A write
+        that fails (a full disk) is logged, never allowed to stop the other containers."""
         with self._lock:
             key = _entry_key(entry)
             self.entries = [e for e in self.entries if _entry_key(e) != key] + [entry]
-            self._write()
+            try:
+                self._write()
+            except OSError as e:
+                log("", "", f"cannot write {self.path}: {e.strerror or e}")
 
     def _write(self) -> None:
         data = {"format": FORMAT, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -256,9 +245,11 @@ def discover(policy: Policy, only: set[str] | None, kinds: set[str]) -> tuple[li
         from lxc_cr.runtime import libvirt as virt
         try:
             lv = virt._libvirt()
-        except LxcCrError as e:
-            problems.append(str(e))
-            return targets, problems
+        except LxcCrError:
+            return targets, problems              # python3-libvirt not installed: no domains
+        if policy.libvirt_uri == DEFAULT_URI and not any(
+                os.path.exists(f"/run/libvirt/{s}") for s in LIBVIRT_SOCKETS):
+            return targets, problems              # no libvirt daemon on this host
         try:
             conn = virt.connect(policy.libvirt_uri)
             for dom in conn.listAllDomains(lv.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
@@ -269,127 +260,6 @@ def discover(policy: Policy, only: set[str] | None, kinds: set[str]) -> tuple[li
         except (LxcCrError, lv.libvirtError) as e:
             problems.append(f"libvirt ({policy.libvirt_uri}): {e}")
     return targets, problems
-
-
-# --- worker processes -----------------------------------------------------------------------
-
-def _run_worker(op: str, t: Target, image: str, timeout: float) -> dict:
-    """Run one checkpoint/restore in ``python -m lxc_cr.host`` and return its result."""
-    with tempfile.TemporaryDirectory(prefix="lxc-cr-host-") as tmp:
-        out = os.path.join(tmp, "result.json")
-        with open(os.path.join(tmp, "stderr"), "w+") as err:
-            argv = [sys.executable, "-m", "lxc_cr.host", "--worker", out, op, t.kind, t.name,
-                    t.where, image, "zstd" if t.settings.compress else "-"]
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                 start_new_session=True)
-            try:
-                p.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                p.send_signal(signal.SIGINT)          # the dump/restore unwinds cleanly
-                try:
-                    p.wait(timeout=KILL_GRACE)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-                return {"ok": False, "message": f"timed out after {timeout:g} s"}
-            try:
-                with open(out) as f:
-                    return json.load(f)
-            except (OSError, ValueError):
-                err.seek(0)
-                lines = [x for x in err.read().splitlines() if x.strip()]
-                why = lines[-1] if lines else f"exit status {p.returncode}"
-                return {"ok": False, "message": f"worker failed: {why}"}
-
-
-def _attempt(op: str, t: Target, image: str) -> dict:
-    """The worker, retried (bounded) while it reports a transient error."""
-    import tenacity
-
-    def once() -> dict:
-        res = _run_worker(op, t, image, t.settings.timeout)
-        if not res.get("ok") and res.get("transient"):
-            raise _Transient(res)
-        return res
-
-    retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(_Transient),
-        stop=tenacity.stop_after_attempt(RETRY_ATTEMPTS) | tenacity.stop_after_delay(RETRY_BUDGET),
-        wait=tenacity.wait_exponential(multiplier=0.25, max=4), reraise=True)
-    try:
-        return retrying(once)
-    except _Transient as e:
-        res = dict(e.result)
-        res["message"] = f"{res.get('message')} (still after {RETRY_ATTEMPTS} attempts)"
-        return res
-
-
-def _transient(e: BaseException) -> bool:
-    if isinstance(e, (Busy, InTransition)):
-        return True
-    if isinstance(e, KernelError) and getattr(e, "errno", None) in (errno.EBUSY, errno.EAGAIN,
-                                                                    errno.EINTR):
-        return True
-    return isinstance(e, OperationFailed) and "did not freeze within" in str(e)
-
-
-def _worker_op(op: str, kind: str, name: str, where: str, image: str, compress: str | None):
-    from lxc_cr.commands_check import preflight_pid
-    if kind == "lxc":
-        from lxc_cr.runtime import lxc as lxc_rt
-        if op == "checkpoint":
-            state = lxc_rt.container(name, where).state
-            if state in LXC_TRANSITIONS:
-                raise InTransition(f"{name}: container is {state}")
-            _refuse(preflight_pid(lxc_rt.init_pid(name, where), True, image)[0])
-            return lxc_rt.checkpoint(name, image, stop=True, lxcpath=where, compress=compress)
-        return lxc_rt.restore(name, image, lxcpath=where)
-    from lxc_cr.runtime import libvirt as virt
-    if op == "checkpoint":
-        lv = virt._libvirt()
-        dom = virt.lookup(virt.connect(where), name)
-        state = dom.state()[0]
-        if state in (lv.VIR_DOMAIN_SHUTDOWN, lv.VIR_DOMAIN_NOSTATE):
-            raise InTransition(f"domain '{name}' is shutting down or starting")
-        _refuse(preflight_pid(virt.init_pid(name, where), True, os.path.dirname(image))[0])
-        return virt.managedsave(name, uri=where)
-    return virt.restore(image, uri=where)
-
-
-def _refuse(problems: list[str]) -> None:
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise OperationFailed(f"preflight: {problems[0]}{more}")
-
-
-def _worker_main(argv: list[str]) -> int:
-    out, op, kind, name, where, image, compress = argv
-
-    me = os.getpid()
-
-    def interrupted(signum, frame):
-        # forked helpers (pyroute2's netns child) inherit this handler and are ended with
-        # SIGTERM: they must die, not unwind the dump (which would remove its image)
-        if os.getpid() != me:
-            os._exit(128 + signum)
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, interrupted)
-    try:
-        stats = _worker_op(op, kind, name, where, image, None if compress == "-" else compress)
-        res = {"ok": True, "stats": stats if isinstance(stats, dict) else {}}
-    except LxcCrError as e:
-        res = {"ok": False, "class": type(e).__name__, "message": str(e),
-               "transient": _transient(e), "exit_code": e.exit_code}
-    except KeyboardInterrupt:
-        res = {"ok": False, "class": "Interrupted", "message": "interrupted"}
-    except Exception as e:  # noqa: BLE001 - a bug: still one line for the log
-        res = {"ok": False, "class": type(e).__name__,
-               "message": f"internal error: {type(e).__name__}: {e}"}
-    tmp = out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(res, f, default=str)
-    os.rename(tmp, out)
-    return 0 if res["ok"] else 1
 
 
 # --- clean shutdown and cold start ----------------------------------------------------------
@@ -523,6 +393,24 @@ def _base_entry(t: Target) -> dict:
     return e
 
 
+def _guarded(fn, t: Target, *args) -> dict:
+    """FN(*ARGS) for one container; a bug there ends in a clean shutdown of that container
+    (at host shutdown) and one log line, never in the loss of the others."""
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001 - one container's failure never blocks the others
+        why = f"internal error: {type(e).__name__}: {e}"
+        how = "left as it was"
+        if fn is _shutdown_one:
+            try:
+                how = clean_stop(t)
+            except Exception as e2:  # noqa: BLE001
+                how = f"not stopped: {e2}"
+        log(t.kind, t.name, f"{why}; {how}", outcome="failed")
+        return dict(_base_entry(t), outcome="failed", state="failed", error=why,
+                    boot_error=why)
+
+
 def _shutdown_one(t: Target, image_dir: str | None, use_policy: bool, manifest: Manifest) -> dict:
     t0 = time.monotonic()
     entry = _base_entry(t)
@@ -533,7 +421,7 @@ def _shutdown_one(t: Target, image_dir: str | None, use_policy: bool, manifest: 
     reason = None
     if use_policy and t.settings.action == "checkpoint":
         image = t.image(image_dir)
-        res = _attempt("checkpoint", t, image)
+        res = attempt("checkpoint", t, image)
         if res.get("ok"):
             path = _image_file(kind, image)
             try:
@@ -601,7 +489,7 @@ def shutdown(config: str | None = None, only: list[str] | None = None,
         # a new shutdown keeps only what an earlier boot has not restored yet
         manifest.entries = [e for e in manifest.entries if e.get("state") == "pending"]
         with concurrent.futures.ThreadPoolExecutor(max_workers=pol.parallelism) as pool:
-            futs = [pool.submit(_shutdown_one, t, image_dir, bad is None, manifest)
+            futs = [pool.submit(_guarded, _shutdown_one, t, t, image_dir, bad is None, manifest)
                     for t in targets]
             for f in futs:
                 results.append(f.result())
@@ -676,11 +564,11 @@ def _boot_one(e: dict, t: Target, manifest: Manifest) -> dict:
                 outcome="failed")
         return e
     why = _verify(path, e)
-    res = {"ok": False, "message": why} if why else _attempt("restore", t, image)
+    res = {"ok": False, "message": why} if why else attempt("restore", t, image)
     if not why and not res.get("ok") and res.get("exit_code") != 2:
         # a failed restore leaves the container stopped and the image intact: one more
         # try before booting it cold (a bad image, exit code 2, is not tried again)
-        again = _attempt("restore", t, image)
+        again = attempt("restore", t, image)
         if not again.get("ok"):
             again["message"] = f"{res.get('message')}; again: {again.get('message')}"
         res = again
@@ -742,7 +630,7 @@ def boot(config: str | None = None, only: list[str] | None = None,
         jobs.sort(key=lambda j: (j[1].settings.order, j[1].kind, j[1].name))
         for order, group in itertools.groupby(jobs, key=lambda j: j[1].settings.order):
             with concurrent.futures.ThreadPoolExecutor(max_workers=pol.parallelism) as pool:
-                futs = [pool.submit(_boot_one, e, t, manifest) for e, t in group]
+                futs = [pool.submit(_guarded, _boot_one, t, e, t, manifest) for e, t in group]
                 results += [f.result() for f in futs]
     bad_ones = [r for r in results if r.get("state") in ("failed", "cold-started")]
     if results:
@@ -764,9 +652,3 @@ def run(args) -> int:
     if args.host_cmd == "shutdown":
         return shutdown(**kw)
     return boot(**kw)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        sys.exit(_worker_main(sys.argv[2:]))
-    sys.exit(2)
