@@ -131,3 +131,18 @@ def test_max_privilege_check_names_the_field(tmp_path):
         privilege.check({"task": [task], "creds": [c]}, privilege.parse("uid>=1000 caps=kill"))
     c.cap_eff = 1 << 5
     privilege.check({"task": [task], "creds": [c]}, privilege.parse("uid>=1000 caps=kill"))
+
+
+def test_convert_encrypts_and_decrypts(tmp_path, capsys):
+    from lxc_cr.cli import main
+    plain, enc, back, key = (tmp_path / n for n in ("plain.img", "enc.img", "back.img", "k"))
+    write_demo_image(plain)
+    key.write_text(os.urandom(32).hex())
+    os.chmod(key, 0o600)
+    assert main(["convert", str(plain), str(enc), "--encrypt", str(key)]) == 0
+    assert enc.read_bytes()[:8] == envelope.MAGIC
+    assert main(["inspect", str(enc)]) == 2
+    assert "the image is encrypted" in capsys.readouterr().err
+    assert main(["inspect", str(enc), "--key", str(key)]) == 0
+    assert main(["convert", str(enc), str(back), "--key", str(key)]) == 0
+    assert back.read_bytes() == plain.read_bytes()      # convert recodes to identical bytes
