@@ -102,6 +102,14 @@ int main(int argc, char **argv)
 	    setsockopt(pd, SOL_SOCKET, SO_PRIORITY, &three, sizeof three))
 		return 2;
 	bind_ll(pd, lo, ETH_P_IP);
+	if (!strcmp(mode, "queued")) {
+		/* before pr exists, so only pd holds a frame when the state is written */
+		struct pollfd q = { pd, POLLIN, 0 };
+		hc = pd;
+		send_to(6767);
+		if (poll(&q, 1, 10000) != 1)
+			return 3;
+	}
 	pr = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
 	if (pr < 0)
 		return 2;
@@ -124,9 +132,6 @@ int main(int argc, char **argv)
 		hc = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
 		if (setsockopt(hc, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr, sizeof mr))
 			return 3;
-	} else if (!strcmp(mode, "queued")) {
-		hc = pd;
-		send_to(6767);
 	}
 	put();
 	for (;;) {
