@@ -190,7 +190,7 @@ def install(containers: list[str] | None = None, lxcpath: str | None = None) -> 
         tmp = dst + ".lxc-cr-tmp"
         with open(tmp, "wb") as f:
             f.write(render(src))
-        os.chmod(tmp, 0o644 if dst.startswith("/etc/systemd/") else 0o755)
+        os.chmod(tmp, 0o644 if dst.endswith((".service", ".conf")) else 0o755)   # units: not executable
         os.rename(tmp, dst)
         out.append(f"{what}: installed {dst}")
     out.append("libvirt reads its hooks when libvirtd starts: restart libvirtd to enable it")
