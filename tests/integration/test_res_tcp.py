@@ -205,9 +205,10 @@ def outq(s: socket.socket) -> int:
 
 def test_one_end_with_the_peer_outside_the_tree(tree):
     """Only the client end is in the tree (host net namespace); its peer is this test,
-    which keeps its socket across the dump (tree killed) and the restore.  Both ends are
-    quiet and everything is acknowledged at the checkpoint (no network lock holds a
-    retransmission off), and one record sits unread in the client's receive queue."""
+    which keeps its socket across the dump (tree killed), restores failing at every step
+    before the connections leave repair mode, and the restore.  Both ends are quiet and
+    everything is acknowledged at the checkpoint (no network lock holds a retransmission
+    off), and one record sits unread in the client's receive queue."""
     from lxc_cr.resources.files import getfd
     d = tree.dir("tcp-peer")
     st = d / "state"
@@ -231,6 +232,21 @@ def test_one_end_with_the_peer_outside_the_tree(tree):
         (conn,) = connections_of(d / "img")
         assert bytes.fromhex(conn["rcv_queue"]) == records(9, 1), conn
         assert (conn["peer_addr"], conn["peer_port"]) == peer.getsockname(), conn
+        # a restore failing at any step up to the credentials (the connections leave repair
+        # mode after them) closes the half-built connection silently: the peer keeps its own
+        for n in range(1, 100):
+            trace = d / f"trace-{n}"
+            res = tree.cli("tree", "restore", d / "img", env={
+                "LXC_CR_FAULT": f"restore:{n}", "LXC_CR_FAULT_TRACE": str(trace)})
+            where = f"LXC_CR_FAULT=restore:{n}"
+            assert res.rc == 1, f"{where}: " + res.describe()
+            assert_one_error_line(res)
+            ti = peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+            assert ti[0] == 1, f"{where}: the peer's socket left ESTABLISHED: state {ti[0]}"
+            if trace_steps(trace, "restore")[-1][1] == "credentials":
+                break
+        else:
+            raise AssertionError("no restore step named credentials")
         root = tree.restore(d / "img")
         peer.sendall(records(10, 10))
         assert recv_exactly(peer, 10 * 16) == records(9, 10)
