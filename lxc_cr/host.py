@@ -482,6 +482,8 @@ def shutdown(config: str | None = None, only: list[str] | None = None,
                                  set(kinds or ("lxc", "libvirt")))
     for p in problems:
         log("", "", p)
+    for name in sorted(set(only or ()) - {t.name for t in targets}):
+        log("", "", f"{name}: no such running container or domain, nothing to do")
     # later boots first: shut the higher orders down first
     targets.sort(key=lambda x: (-x.settings.order, x.kind, x.name))
     results = []
