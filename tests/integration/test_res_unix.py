@@ -8,19 +8,26 @@
 - datagram senders connect()ed to a bound receiver (the syslog case) with datagrams queued
   on it: every sender's sequence continues without gap or duplicate;
 - a client of a listener outside the tree (run by the test, same filesystem): reconnected
-  at the restore, its numbered exchange continues; refused while a record is in flight.
+  at the restore, its numbered exchange continues; refused while a record is in flight;
+- a glibc syslog() client connected to busybox syslogd's /dev/log in an LXC container:
+  after ``lxc-cr lxc checkpoint --stop`` + ``lxc restore`` every numbered message is in
+  /var/log/messages once, in order.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
+import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
-from treeutil import (UNSUPPORTED_RE, assert_continued, assert_one_error_line, build,
+from treeutil import (LXC_CR, UNSUPPORTED_RE, assert_continued, assert_one_error_line, build,
                       dump_kill, harness_fixture, read_state, wait_for, wait_state)
 
 pytestmark = pytest.mark.integration
@@ -45,10 +52,17 @@ def test_socketpair_queues_survive(tree):
     assert_continued(before, after)
 
 
-def records(tree, image, section: str) -> list[dict]:
-    res = tree.cli("inspect", image, "--json", "--section", section)
-    assert res.rc == 0, res.describe()
-    return [r["fields"] for r in json.loads(res.out)["records"]]
+def records(image, section: str) -> list[dict]:
+    res = lxc_cr("inspect", image, "--json", "--section", section)
+    return [r["fields"] for r in json.loads(res.stdout)["records"]]
+
+
+def lxc_cr(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The CLI, without the tree harness (which would reap the container's lxc-start)."""
+    res = subprocess.run([LXC_CR, *map(str, args)], stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=timeout, check=False)
+    assert res.returncode == 0, f"lxc-cr {' '.join(map(str, args))}: {res.stderr}"
+    return res
 
 
 def states(d, names) -> dict[str, dict]:
@@ -74,7 +88,7 @@ def test_accepted_connections_survive(tree, kind, pending):
     for cycle in (1, 2):        # the second dump takes the sockets the restore made
         img = d / f"img{cycle}"
         dump_kill(tree, root, img)
-        conns = records(tree, img, "unix_conn")
+        conns = records(img, "unix_conn")
         roles = sorted(c["role"] for c in conns)
         assert roles == sorted(["accepted"] * 2 + ["client"] * 2 + ["pending"] * pending)
         assert all(c["queue"] for c in conns if c["role"] != "pending"), \
@@ -118,9 +132,9 @@ def test_dgram_senders_connected_to_bound_receiver(tree):
     wl = tree.launch([binary, d], ready=ready)
     dump_kill(tree, wl.root, d / "img")
     before = states(d, names)
-    queued = records(tree, d / "img", "unix_dgram_queue")
+    queued = records(d / "img", "unix_dgram_queue")
     assert len(queued) == 1 and queued[0]["datagrams"], "no datagram was queued at the dump"
-    assert sorted(c["role"] for c in records(tree, d / "img", "unix_conn")) == ["sender"] * 2
+    assert sorted(c["role"] for c in records(d / "img", "unix_conn")) == ["sender"] * 2
     tree.restore(d / "img")
     for i in (1, 2):
         wait_state(d / "receiver",
@@ -203,7 +217,7 @@ def test_client_of_listener_outside_the_tree(tree):
         wait_state(st, lambda s: s.get("held") == "1", "the client to hold")
         dump_kill(tree, wl.root, d / "img")
         before = read_state(st)
-        assert [c["role"] for c in records(tree, d / "img", "unix_conn")] == ["outside"]
+        assert [c["role"] for c in records(d / "img", "unix_conn")] == ["outside"]
         tree.restore(d / "img")
         (d / "hold").unlink()
         after = wait_state(st, progressed(before, "rounds", 30), "30 more rounds after restore")
@@ -247,3 +261,41 @@ def wait_for_refusal(tree, root: int, path: str) -> str:
                  if UNSUPPORTED_RE.search(ln) and path in ln]
         return lines[0] if res.rc == 1 and lines else None
     return wait_for(refused, "check to refuse the connection with a record in flight")
+
+
+RCS_SYSLOG = """#!/bin/sh
+/bin/syslogd
+/bin/unixlog /tmp/unixlog.state </dev/null >/dev/null 2>&1 &
+"""
+
+
+def logged(rootfs: Path) -> list[int]:
+    """The numbers res_unixlog logged, in the order syslogd wrote them (rotated file first)."""
+    files = sorted((rootfs / "var" / "log").glob("messages*"), reverse=True)
+    text = "".join(f.read_text(errors="replace") for f in files)
+    return [int(n) for n in re.findall(r"unixlog(?:\[\d+\])?: n=(\d+)", text)]
+
+
+def test_syslog_client_in_lxc_container(lxc_container, tmp_path):
+    binary = build("res_unixlog", "-static")
+    ct = lxc_container("unixlog")
+    rootfs = Path(ct.lxcpath) / ct.name / "rootfs"
+    shutil.copy(binary, rootfs / "bin" / "unixlog")
+    (rootfs / "etc" / "init.d" / "rcS").write_text(RCS_SYSLOG)
+    ct.start()
+    st = rootfs / "tmp" / "unixlog.state"
+    wait_state(st, lambda s: int(s.get("counter", 0)) >= 20 and logged(rootfs), "syslog lines")
+    d = tmp_path / "ckpt"
+    lxc_cr("lxc", "checkpoint", ct.name, d, "--stop", "-P", ct.lxcpath)
+    before = read_state(st)
+    senders = [c for c in records(d / "lxc-cr.img", "unix_conn") if c["role"] == "sender"]
+    assert [c["peer_name"] for c in senders] == ["/dev/log"], senders
+    lxc_cr("lxc", "restore", ct.name, d, "-P", ct.lxcpath)
+    after = wait_state(st, progressed(before, "counter", 30), "30 more syslog() calls")
+    assert_continued(before, after)
+    assert after["peer"] == "/dev/log"
+    want = int(before["counter"]) + 20
+    wait_for(lambda: (logged(rootfs) or [0])[-1] >= want, f"syslogd to write message {want}")
+    nums = logged(rootfs)
+    assert nums == list(range(nums[0], nums[0] + len(nums))), \
+        "syslog messages lost or repeated across the checkpoint"

@@ -2,6 +2,7 @@
  * each side checks that the numbers it reads go 1, 2, 3... with no gap and no duplicate.
  * Stream sockets may deliver part of a record: struct rx keeps the partial one. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
