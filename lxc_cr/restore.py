@@ -126,6 +126,8 @@ def restore_tree(image: str, pidfile: str | None = None, takeover=None,
             faults.step("restore", "released")
         except BaseException:
             _kill_all(ctx.created)
+            from lxc_cr.resources import ns_cgroup
+            ns_cgroup.cleanup(ctx)           # the sub-cgroups it made, empty now
             from lxc_cr.resources import tcp_established
             tcp_established.forget(ctx)      # after the kill: connections close silently
             raise

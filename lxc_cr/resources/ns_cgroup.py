@@ -21,9 +21,10 @@ Restore: the restored tree's root cgroup is the one its init is in: for ``tree r
 the restorer's own cgroup (run the restore inside a cgroup made for the tree, e.g.
 ``echo $$ > DIR/cgroup.procs``), for LXC and libvirt the container's cgroup its manager
 made.  The recorded sub-cgroups are created below it, top-down (an existing directory is
-reused), each recorded limit that differs from the fresh directory's value is written
-(cgroup.subtree_control and cpuset.cpus/mems first), and every process is moved into its
-cgroup (its pid into cgroup.procs) once rebuilt, before it is released.  The root cgroup's
+reused; those made are removed again if the restore fails), each recorded limit that
+differs from the fresh directory's value is written (cgroup.subtree_control and
+cpuset.cpus/mems first), and every process is moved into its cgroup (its pid into
+cgroup.procs) once rebuilt, before it is released.  The root cgroup's
 own limits are the restorer's or the manager's and are left alone; nothing is created in
 a hierarchy's top-level cgroup, and the host's cgroup mounts are only read.
 """
@@ -203,18 +204,32 @@ def prepare(ctx, init_pid: int) -> None:
     """Create the recorded sub-cgroups below the init's cgroup and set their limits,
     before any task is forked."""
     ctx.cgroup_base = _base(ctx.records, init_pid)
+    ctx.cgroup_made = []                 # directories created here, for cleanup()
     limits = [r for r in ctx.records.get("cgroup_limit", ()) if r.path]
     paths = {(c.hierarchy, c.path) for r in ctx.records.get("cgroup_task", ())
              for c in r.cgroups} | {(r.hierarchy, r.path) for r in limits}
     for h, sub in sorted(paths, key=lambda p: (p[1].count("/"), p)):
         d = f"{ctx.cgroup_base[h]}/{sub}"
         try:
-            os.makedirs(d, exist_ok=True)
+            if not os.path.isdir(d):
+                os.mkdir(d)
+                ctx.cgroup_made.append(d)
         except OSError as e:
-            raise RestoreFailed(f"cgroup {h or 'v2'}: cannot create {d}: {e.strerror}") from None
+            raise RestoreFailed(f"cgroup {h or 'v2'}: cannot create {d}: "
+                                f"{e.strerror}") from None
         for r in limits:
             if (r.hierarchy, r.path) == (h, sub):
                 _set_limit(d, r.file, r.value)
+
+
+def cleanup(ctx) -> None:
+    """After a failed restore (its processes killed and reaped): remove the directories
+    prepare() created, deepest first; one still in use stays."""
+    for d in reversed(getattr(ctx, "cgroup_made", [])):
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
 
 
 def _set_limit(d: str, name: str, value: str) -> None:

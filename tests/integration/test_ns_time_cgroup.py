@@ -43,7 +43,8 @@ def _offsets(pid: int) -> dict[str, tuple[int, int]]:
 def test_time_namespace_offsets_and_monotonic_clock(tree):
     state = tree.base / "clock.state"
     wl = tree.launch([build("wl_clock"), state],
-                     unshare=("--time", "--monotonic", str(MONO_OFF), "--boottime", str(BOOT_OFF)),
+                     unshare=("--time", "--monotonic", str(MONO_OFF),
+                              "--boottime", str(BOOT_OFF)),
                      ready=lambda: state.exists(), what="wl_clock to start")
     wait_state(state, lambda st: int(st.get("counter", 0)) >= 3, "the clock loop")
     want = {"monotonic": (MONO_OFF, 0), "boottime": (BOOT_OFF, 0)}
@@ -103,7 +104,8 @@ def cgroups(test_name):
     have = {h: m for h, m in HIERARCHIES.items()
             if os.path.exists(f"{m}/cgroup.procs") and h in me}
     if set(have) != set(HIERARCHIES):
-        pytest.fail(f"cgroup hierarchies missing: {set(HIERARCHIES) - set(have)}", pytrace=False)
+        pytest.fail(f"cgroup hierarchies missing: {set(HIERARCHIES) - set(have)}",
+                    pytrace=False)
     made: list[Path] = []
 
     def make(label: str) -> dict[str, Path]:
@@ -118,7 +120,8 @@ def cgroups(test_name):
     yield make
     errors = []
     for d in reversed(made):
-        for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        subs = [p for p in d.rglob("*") if p.is_dir()]
+        for sub in sorted(subs, key=lambda p: -len(p.parts)):
             _rmdir(sub, errors)
         _rmdir(d, errors)
     if errors:
@@ -170,12 +173,18 @@ def test_cgroup_placement_and_limits(cgroups, tree):
     summary = json.loads(tree.cli("inspect", img, "--json").out)["namespaces"]["cgroup"]
     placed = {t["pid"]: {c["hierarchy"]: c["path"] for c in t["cgroups"]}
               for t in summary["tasks"]}
-    assert placed == {pids["A"]: {h: "sub" for h in t1}, pids["H"]: {h: "sub/inner" for h in t1}}
+    assert placed == {pids["A"]: dict.fromkeys(t1, "sub"),
+                      pids["H"]: dict.fromkeys(t1, "sub/inner")}
     limits = {(x["hierarchy"], x["path"], x["file"]): x["value"] for x in summary["limits"]}
     assert limits[("pids", "sub", "pids.max")] == "50"
     assert limits[("memory", "sub", "memory.limit_in_bytes")] == str(64 << 20)
 
     t2 = cgroups("cg2")
+    failed = tree.cli("tree", "restore", img, env={"LXC_CR_FAULT": "restore:1"},
+                      preexec_fn=_enter(t2))          # fails after the cgroups were made
+    assert failed.rc == 1, failed.describe()
+    assert not [h for h, base in t2.items() if (base / "sub").exists()], \
+        "a failed restore left the sub-cgroups it created"
     root = tree.restore(img, preexec_fn=_enter(t2))
     for r in "RAGHJ":
         assert_continued(last[r], wait_changed(d / f"state.{r}", last[r]), what=r)
