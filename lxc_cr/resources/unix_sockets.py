@@ -59,7 +59,7 @@ from lxc_cr.resources.records_common import Blob, Str
 KINDS = ("unix socket",)
 SIOCINQ, SIOCOUTQ = 0x541B, 0x5411
 O_NONBLOCK, SOCK_CLOEXEC, SOCK_NONBLOCK = 0o4000, 0o2000000, 0o4000
-SOL_SOCKET, SO_PASSCRED, SO_ACCEPTCONN, SO_PEEK_OFF = 1, 16, 30, 42
+SOL_SOCKET, SO_PASSCRED, SO_ACCEPTCONN, SO_PEEK_OFF, SO_SNDBUFFORCE = 1, 16, 30, 42, 32
 MSG_PEEK, MSG_DONTWAIT = 2, 0x40
 DEFAULT_BACKLOG = 128
 AT_FDCWD = -100
@@ -454,8 +454,20 @@ def _new(typ: int, name: str = "", passcred: bool = False) -> socket.socket:
 
 
 def _refill(typ: int, sender: socket.socket, items: list[bytes]) -> None:
-    for item in items:
-        sender.sendall(item) if typ == socket.SOCK_STREAM else sender.send(item)
+    """Queue ``items`` on the peer of ``sender``.  The original sender may have had a larger
+    SO_SNDBUF (unix queues are charged to the sender), so it is raised for the refill
+    (SO_SNDBUFFORCE, CAP_NET_ADMIN) and put back after: lowering it drops nothing."""
+    # each queued skb is charged its truesize: the bytes plus up to a few pages of overhead
+    need = min(sum(len(i) for i in items) * 2 + len(items) * 16384 + 65536, 1 << 30)
+    orig = sender.getsockopt(SOL_SOCKET, socket.SO_SNDBUF)      # the kernel's doubled value
+    if need > orig:
+        sender.setsockopt(SOL_SOCKET, SO_SNDBUFFORCE, need)
+    try:
+        for item in items:
+            sender.sendall(item) if typ == socket.SOCK_STREAM else sender.send(item)
+    finally:
+        if need > orig:
+            sender.setsockopt(SOL_SOCKET, SO_SNDBUFFORCE, orig // 2)
 
 
 def _build_in_ns(steps: list, chan_fd: int) -> str:
