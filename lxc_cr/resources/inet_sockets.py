@@ -110,6 +110,11 @@ def _problem(task, fd: int, i: dict, established_ok: bool = False) -> list:
     here = _fmt(i["family"], i["addr"], i["port"])
     if i["type"] == socket.SOCK_STREAM:
         state = i["state"]
+        if state == TCP_ESTABLISHED and established_ok and not tcp_established.lock_available():
+            there = _fmt(i["family"], i["peer_addr"], i["peer_port"])
+            return [Unsupported(task.host_pid, comm, f"tcp connection {here} -> {there}", fd=fd,
+                                reason="not supported (--tcp-established needs nft and "
+                                       "nsenter for its network lock)")]
         if state == TCP_ESTABLISHED and established_ok:
             return []
         if state == TCP_ESTABLISHED:

@@ -4,6 +4,14 @@ Only with the flag; without it ``inet_sockets`` refuses the connection by name. 
 kind stays ``tcp socket`` (classified and dispatched by ``inet_sockets``, which hands an
 ESTABLISHED socket to this module).
 
+Network lock: before the first snapshot of a connection, an nft table in its net namespace
+drops its packets both ways (``NetLock``), so the two ends cannot move on between their
+snapshots (a delayed ACK, a Nagle-held segment) and nothing the kernel receives meanwhile is
+lost.  It is lifted when the dump ends, except, after the kill, in a namespace where only one
+end of a connection was dumped: there it keeps dropping the outside peer's packets (which
+would otherwise meet a closed port and be reset) until the restore lifts it, just before the
+restored connections leave repair mode.
+
 Dump, on a copy of the socket taken with pidfd_getfd (so with lxc-cr's own CAP_NET_ADMIN,
 whatever the task's credentials), while the tree is frozen:
   setsockopt(TCP_REPAIR, 1)            the socket stops talking to its peer: it sends no
@@ -35,20 +43,23 @@ the whole tree is rebuilt, just before its tasks are let go, so both ends of a c
 inside the tree exist before either sends.
 
 Not handled: urgent data, a FIN already queued (such states are not ESTABLISHED and are
-refused by ``inet_sockets``), TCP-MD5/AO keys, and holding packets of a peer outside the
-tree while the tree is down (no network lock: only a peer inside the tree, or a dump with
-``--leave-running``, keeps such a connection safe).
+refused by ``inet_sockets``), TCP-MD5/AO keys.  An image never restored leaves its lock
+table (``lxc_cr_tcp_*``, dropping only those connections' packets) in place.
 """
 
 from __future__ import annotations
 
 import fcntl
+import os
+import shutil
 import socket
 import struct
+import subprocess
+import time
 
 import construct as cs
 
-from lxc_cr.errors import KernelError, RestoreFailed, Unsupported
+from lxc_cr.errors import KernelError, OperationFailed, RestoreFailed, Unsupported
 from lxc_cr.image.kinds import record_kind
 from lxc_cr.resources.records_common import Blob, Str
 
@@ -94,6 +105,7 @@ TCP_CONNECTION = record_kind(0x0358, "tcp_connection", cs.Struct(
     "max_window" / cs.Int32ul,
     "rcv_wnd" / cs.Int32ul,
     "rcv_wup" / cs.Int32ul,
+    "net_lock" / Str,             # nft table (inet) left dropping the peer's packets, or ""
 ), doc="an established tcp connection (TCP_REPAIR): addresses, sequence numbers, both "
        "queues' bytes, negotiated options, window and timestamp clock")
 
@@ -108,6 +120,76 @@ class _Repaired:
         self.sock.setsockopt(IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF)
         if self.reuseaddr:                      # leaving repair mode resets sk_reuse
             self.sock.setsockopt(SOL_SOCKET, SO_REUSEADDR, 1)
+
+
+class NetLock:
+    """The network lock of one net namespace: an nft table (family inet) whose input and
+    output chains (priority -300) drop the packets of each connection being dumped, so
+    neither end changes between the snapshots of both, and a peer outside the tree gets
+    no reset while the tree is down.  Run by ``nft`` inside the namespace (nsenter on a
+    namespace fd we hold, so it outlives the tree's tasks)."""
+
+    def __init__(self, host_pid: int, table: str):
+        self.table = table
+        self.ns_fd = os.open(f"/proc/{host_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self.ends: dict[frozenset, int] = {}     # connection -> ends of it dumped here
+        self.made = False
+
+    def nft(self, script: str) -> None:
+        try:
+            r = subprocess.run(["nsenter", f"--net=/proc/self/fd/{self.ns_fd}", "nft", "-f",
+                                "-"], input=script, capture_output=True, text=True,
+                               pass_fds=(self.ns_fd,), timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise OperationFailed(f"network lock: nft: {e}") from None
+        if r.returncode:
+            raise OperationFailed(f"network lock: nft: {r.stderr.strip() or r.returncode}")
+
+    def add(self, laddr: str, lport: int, raddr: str, rport: int) -> None:
+        key = frozenset(((laddr, lport), (raddr, rport)))
+        self.ends[key] = self.ends.get(key, 0) + 1
+        if self.ends[key] > 1:
+            return                       # the other end of a connection already locked
+        t = f"inet {self.table}"
+        lines = [] if self.made else [
+            f"add table {t}",
+            f"add chain {t} input {{ type filter hook input priority -300 ; }}",
+            f"add chain {t} output {{ type filter hook output priority -300 ; }}"]
+        ip = "ip6" if ":" in laddr.removeprefix("::ffff:") else "ip"
+        la, ra = (a.removeprefix("::ffff:") if ip == "ip" else a for a in (laddr, raddr))
+        lines += [f"add rule {t} input {ip} saddr {ra} {ip} daddr {la} "
+                  f"tcp sport {rport} tcp dport {lport} drop",
+                  f"add rule {t} output {ip} saddr {la} {ip} daddr {ra} "
+                  f"tcp sport {lport} tcp dport {rport} drop"]
+        self.nft("\n".join(lines) + "\n")
+        self.made = True
+
+    @property
+    def external(self) -> bool:
+        """A connection of which only one end was dumped here (its peer is elsewhere)."""
+        return any(n == 1 for n in self.ends.values())
+
+    def close(self, keep: bool) -> None:
+        try:
+            if self.made and not keep:
+                self.nft(f"delete table inet {self.table}\n")
+        except OperationFailed:
+            pass                         # e.g. the namespace's last process is gone
+        finally:
+            os.close(self.ns_fd)
+
+
+def lock_available() -> bool:
+    return shutil.which("nft") is not None and shutil.which("nsenter") is not None
+
+
+def _lock(ctx, host_pid: int) -> NetLock:
+    """The network lock of the task's net namespace (one table per namespace and dump)."""
+    locks = ctx.__dict__.setdefault("tcp_locks", {})
+    ino = os.stat(f"/proc/{host_pid}/ns/net").st_ino
+    if ino not in locks:
+        locks[ino] = NetLock(host_pid, f"lxc_cr_tcp_{os.getpid()}_{time.time_ns() // 1000}")
+    return locks[ino]
 
 
 def _held(ctx) -> list:
@@ -140,6 +222,8 @@ def dump(ctx, task, d, file_id: int, info: dict) -> None:
     """Put the connection in repair mode (until kill or ``resume``) and record it."""
     from lxc_cr.resources import files
     pid = task.host_pid
+    lock = _lock(ctx, pid)
+    lock.add(info["addr"], info["port"], info["peer_addr"], info["peer_port"])
     s = socket.socket(fileno=files.getfd(pid, d.fd))
     nodelay = bool(s.getsockopt(IPPROTO_TCP, TCP_NODELAY))
     try:
@@ -177,7 +261,8 @@ def dump(ctx, task, d, file_id: int, info: dict) -> None:
         mss=s.getsockopt(IPPROTO_TCP, TCP_MAXSEG), options=ti[5],
         snd_wscale=ti[6] & 0xF, rcv_wscale=ti[6] >> 4,
         timestamp=s.getsockopt(IPPROTO_TCP, TCP_TIMESTAMP) & 0xFFFFFFFF,
-        snd_wl1=win[0], snd_wnd=win[1], max_window=win[2], rcv_wnd=win[3], rcv_wup=win[4]))
+        snd_wl1=win[0], snd_wnd=win[1], max_window=win[2], rcv_wnd=win[3], rcv_wup=win[4],
+        net_lock=lock.table))
 
 
 def resume(ctx) -> None:
@@ -190,14 +275,23 @@ def resume(ctx) -> None:
             r.repair_off()
         except OSError:
             pass
-    forget(ctx)
+    _close(ctx, killed=False)
 
 
 def forget(ctx) -> None:
-    """Close our copies (after the kill: the sockets stay silent, still in repair mode)."""
+    """After the kill: close our copies (the sockets go silently, still in repair mode), and
+    lift the network lock, except in a namespace where a connection's peer lives on (it
+    keeps dropping the peer's packets until the restore lifts it: no reset meanwhile)."""
+    _close(ctx, killed=True)
+
+
+def _close(ctx, killed: bool) -> None:
     for r in _held(ctx):
         r.sock.close()
     ctx.tcp_repair = []
+    for lock in ctx.__dict__.get("tcp_locks", {}).values():
+        lock.close(keep=killed and lock.external)
+    ctx.tcp_locks = {}
 
 
 # --- restore --------------------------------------------------------------------------------
@@ -289,9 +383,32 @@ def holds_port(ctx, port: int) -> bool:
     return any(c.port == port for c in ctx.records["tcp_connection"])
 
 
+def _unlock_restored(ctx) -> None:
+    """Lift the network locks a dump left for peers outside the tree, in the net namespace
+    of the restored connections (where the tree lives again; a lock in a namespace that
+    died with the old tree is simply not there)."""
+    tables = {r.net_lock for r in ctx.records["tcp_connection"] if r.net_lock}
+    done = set()
+    for r in _held(ctx):
+        ino = os.stat(f"/proc/{r.pid}/ns/net").st_ino
+        if ino in done:
+            continue
+        done.add(ino)
+        lock = NetLock(r.pid, "")
+        try:
+            for table in tables:
+                try:
+                    lock.nft(f"delete table inet {table}\n")
+                except OperationFailed:
+                    pass                 # not in this namespace
+        finally:
+            lock.close(keep=True)
+
+
 def release(ctx) -> None:
     """Every task of the tree is rebuilt: let the restored connections talk again."""
     try:
+        _unlock_restored(ctx)
         for r in _held(ctx):
             try:
                 r.repair_off()

@@ -206,9 +206,8 @@ def outq(s: socket.socket) -> int:
 def test_one_end_with_the_peer_outside_the_tree(tree):
     """Only the client end is in the tree (host net namespace); its peer is this test,
     which keeps its socket across the dump (tree killed), restores failing at every step
-    before the connections leave repair mode, and the restore.  Both ends are quiet and
-    everything is acknowledged at the checkpoint (no network lock holds a retransmission
-    off), and one record sits unread in the client's receive queue."""
+    before the connections leave repair mode, and the restore, and sends while the client
+    is down.  One record sits unread in the client's receive queue at the checkpoint."""
     from lxc_cr.resources.files import getfd
     d = tree.dir("tcp-peer")
     st = d / "state"
@@ -232,29 +231,47 @@ def test_one_end_with_the_peer_outside_the_tree(tree):
         (conn,) = connections_of(d / "img")
         assert bytes.fromhex(conn["rcv_queue"]) == records(9, 1), conn
         assert (conn["peer_addr"], conn["peer_port"]) == peer.getsockname(), conn
-        # a restore failing at any step up to the credentials (the connections leave repair
-        # mode after them) closes the half-built connection silently: the peer keeps its own
-        for n in range(1, 100):
-            trace = d / f"trace-{n}"
-            res = tree.cli("tree", "restore", d / "img", env={
-                "LXC_CR_FAULT": f"restore:{n}", "LXC_CR_FAULT_TRACE": str(trace)})
-            where = f"LXC_CR_FAULT=restore:{n}"
-            assert res.rc == 1, f"{where}: " + res.describe()
-            assert_one_error_line(res)
-            ti = peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
-            assert ti[0] == 1, f"{where}: the peer's socket left ESTABLISHED: state {ti[0]}"
-            if trace_steps(trace, "restore")[-1][1] == "credentials":
-                break
-        else:
-            raise AssertionError("no restore step named credentials")
-        root = tree.restore(d / "img")
-        peer.sendall(records(10, 10))
-        assert recv_exactly(peer, 10 * 16) == records(9, 10)
+        lock = conn["net_lock"]
+        try:
+            _one_end_down_and_back(tree, d, peer, lock)
+        finally:                 # never leave a lock table in the host's namespace
+            subprocess.run(["nft", "delete", "table", "inet", lock], capture_output=True,
+                           check=False)
         s1 = wait_state(st, lambda s: s.get("got") == "19", "the client read 19 records")
         assert s1["boot"] == s0["boot"] and "error" not in s1, s1
         ti = peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
         assert ti[0] == 1, f"the peer's socket left ESTABLISHED: state {ti[0]}"
-    assert_running_untraced(root)
+    assert_running_untraced(tree.restored[-1])
+
+
+def _one_end_down_and_back(tree, d, peer, lock):
+    """While the client is down its network lock stays (the peer's packets are dropped, no
+    reset) and the peer sends anyway; failed restores keep it; the restore lifts it and the
+    peer's retransmission reaches the restored client, which answers in order."""
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert lock in tables, f"the network lock {lock} is gone after the kill: {tables}"
+    peer.sendall(records(10, 10))           # dropped by the lock until the restore
+    # a restore failing at any step up to the credentials (the connections leave repair
+    # mode after them) closes the half-built connection silently: the peer keeps its own
+    for n in range(1, 100):
+        trace = d / f"trace-{n}"
+        res = tree.cli("tree", "restore", d / "img", env={
+            "LXC_CR_FAULT": f"restore:{n}", "LXC_CR_FAULT_TRACE": str(trace)})
+        where = f"LXC_CR_FAULT=restore:{n}"
+        assert res.rc == 1, f"{where}: " + res.describe()
+        assert_one_error_line(res)
+        ti = peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+        assert ti[0] == 1, f"{where}: the peer's socket left ESTABLISHED: state {ti[0]}"
+        if trace_steps(trace, "restore")[-1][1] == "credentials":
+            break
+    else:
+        raise AssertionError("no restore step named credentials")
+    tree.restore(d / "img")
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert lock not in tables, f"the restore left the network lock {lock}"
+    assert recv_exactly(peer, 10 * 16) == records(9, 10)
 
 
 def test_lxc_container_connection_survives(lxc_container, tmp_path):
