@@ -112,8 +112,9 @@ def _checkpoint(name, directory, stop, lxcpath, verbose, compress, key=None,
                                                            lxcpath=c.get_config_path(),
                                                            config=config))])
     _copy_config(config, directory)
-    if stop:
+    if stop and key is None:     # an encrypted image needs its key: no resume on lxc-start
         pending.mark("lxc", name, directory, lxcpath)
+    if stop:
         if not c.wait("STOPPED", 30):
             raise OperationFailed(f"{name}: checkpointed, but LXC did not report STOPPED")
     if verbose:

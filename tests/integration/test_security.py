@@ -281,6 +281,9 @@ def test_lxc_encrypted_checkpoint_and_privilege_policy(lxc_container, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "STOPPED" in lxc_info(ct)
     at = counter(ct)
+    from lxc_cr import pending
+    assert pending.lookup("lxc", ct.name, ct.lxcpath) is None, \
+        "an encrypted image was registered for resuming on a plain lxc-start (no key there)"
     image = d / "lxc-cr.img"
     assert image.read_bytes()[:8] == b"LXCCRENC" and image.stat().st_mode & 0o777 == 0o600
     assert d.stat().st_mode & 0o777 == 0o700
