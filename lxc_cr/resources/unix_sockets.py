@@ -10,7 +10,8 @@ SO_TYPE, getsockname()/getpeername() (``struct sockaddr_un``: a path, or ``\\0na
 abstract name; getpeername is ENOTCONN when unconnected), SO_ACCEPTCONN, SO_PASSCRED,
 SIOCINQ (bytes queued) and SIOCOUTQ (bytes sent, not yet read by the peer).  sock_diag
 (``struct unix_diag_msg`` with UNIX_DIAG_NAME, UNIX_DIAG_VFS {ino, dev}, UNIX_DIAG_PEER,
-UNIX_DIAG_ICONS: the embryo sockets in a listener's accept queue; pyroute2's DiagSocket),
+UNIX_DIAG_ICONS: the clients of the embryos in a listener's accept queue,
+UNIX_DIAG_SHUTDOWN; pyroute2's DiagSocket),
 read in the tree's net namespace and in ours, pairs the ends.  Queued data is read without
 being consumed: MSG_PEEK from offset 0 with SO_PEEK_OFF walking the queue (one datagram at
 a time for dgram/seqpacket, with its sender's address).
@@ -31,15 +32,23 @@ bind as in the tree, and sock_diag of the tree sees the sockets), then passed in
   and is left unaccepted;
 - a bound datagram receiver with queued datagrams, or with senders in the tree: made here,
   its datagrams resent from a temporary unbound socket (the receiver then sees an unnamed
-  sender and, with SO_PASSCRED, the restorer's credentials); each sender connect()s to it;
+  sender and, with SO_PASSCRED, the restorer's credentials); each sender connect()s to it
+  (also a sender whose receiver is gone when a socket of the tree is bound at its path now,
+  as after a syslogd restart);
 - a connection to a listener (or bound datagram socket) outside the tree: connect()ed again
   to the recorded path; only without data in flight (the old connection's other end sees
-  EOF and the outside server a new connection).
+  EOF and the outside server a new connection);
+- a stream/seqpacket end whose peer has closed (UNIX_DIAG_SHUTDOWN both ways, the peer gone
+  from sock_diag): connected the same way to a fresh peer, its queue refilled, the peer
+  closed, so it reads its data and then EOF.
+
+The shutdown() state of the sockets it makes (UNIX_DIAG_SHUTDOWN) is applied last.
 
 Refused by name: a peer outside the tree that is not a listening socket reachable at its
 path on the tree's root, unread data on such a connection, data sent into an accept queue,
 queued data on a connected datagram sender, an unbound unconnected socket with queued data,
-named datagram sockets connected to each other, and a stream whose peer has closed.
+named datagram sockets connected to each other, a shut-down connection to a peer outside the
+tree, and a stream accepted on a listener of the tree whose accepted end is held outside.
 """
 
 from __future__ import annotations
@@ -64,6 +73,7 @@ MSG_PEEK, MSG_DONTWAIT = 2, 0x40
 DEFAULT_BACKLOG = 128
 AT_FDCWD = -100
 TCP_LISTEN = 10                    # udiag_state of a listening socket
+SHUTDOWN_MASK = 3                  # sk_shutdown: RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2
 TYPE_NAMES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram",
               socket.SOCK_SEQPACKET: "seqpacket"}
 HELPER_TIMEOUT = 30.0              # a refill that cannot fit fails instead of hanging
@@ -86,13 +96,14 @@ UNIX_SOCKET = record_kind(0x0340, "unix_socket", cs.Struct(
     "name" / Str,                 # bound path, "@name" for an abstract name, "" unbound
 ), doc="an unconnected unix socket: type, bound name, listening")
 
-UnixRole = cs.Enum(cs.Int8ul, accepted=1, client=2, pending=3, sender=4, outside=5)
+UnixRole = cs.Enum(cs.Int8ul, accepted=1, client=2, pending=3, sender=4, outside=5, closed=6)
 
 UNIX_CONN = record_kind(0x0342, "unix_conn", cs.Struct(
     "file_id" / cs.Int32ul,
     "ino" / cs.Int64ul,
     "peer_ino" / cs.Int64ul,      # accepted/client: the other end; pending: the listener;
-                                  # sender: the bound receiver; outside: the peer (not kept)
+                                  # sender: the bound receiver; outside, closed: the peer
+                                  # (not kept)
     "type" / cs.Int32ul,
     "role" / UnixRole,
     "passcred" / cs.Flag,
@@ -101,8 +112,15 @@ UNIX_CONN = record_kind(0x0342, "unix_conn", cs.Struct(
     "queue" / cs.PrefixedArray(cs.VarInt, Blob),
 ), doc="a connected unix socket that is not an anonymous pair: an accepted end or its "
        "client, a client waiting in a listener's accept queue, a datagram sender connected "
-       "to a bound socket of the tree, or a client of a listener outside the tree "
-       "(reconnected to peer_name); queue as in unix_pair")
+       "to a bound socket of the tree, a client of a listener outside the tree "
+       "(reconnected to peer_name), or a stream/seqpacket end whose peer has closed "
+       "(remade connected, then its peer closed); queue as in unix_pair")
+
+UNIX_SHUTDOWN = record_kind(0x0344, "unix_shutdown", cs.Struct(
+    "file_id" / cs.Int32ul,
+    "shutdown" / cs.Int8ul,       # sk_shutdown: RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2
+), doc="shutdown() state of a connected unix socket (UNIX_DIAG_SHUTDOWN), applied with "
+       "shutdown(how = bits - 1) once its queues are refilled")
 
 UNIX_DGRAM_QUEUE = record_kind(0x0343, "unix_dgram_queue", cs.Struct(
     "file_id" / cs.Int32ul,
@@ -170,7 +188,8 @@ def _diag_all() -> dict[int, dict]:
                 name=_name(name.encode("latin-1") if isinstance(name, str) else name),
                 vfs=(vfs["udiag_vfs_ino"], vfs["udiag_vfs_dev"] >> 20,
                      vfs["udiag_vfs_dev"] & 0xFFFFF) if vfs else None,
-                icons=_icons(m.get_attr("UNIX_DIAG_ICONS")))
+                icons=_icons(m.get_attr("UNIX_DIAG_ICONS")),
+                shutdown=m.get_attr("UNIX_DIAG_SHUTDOWN") or 0)
     return out
 
 
@@ -200,28 +219,29 @@ def _tree_socket_inodes(ctx) -> set[int]:
     return {d.ino for ds in descs.values() for d in ds if d.kind == "unix socket"}
 
 
-def _outside_peer_ok(host_pid: int, info: dict, diag: dict) -> bool:
-    """The peer name is a path on the task's root where a socket of the right kind (a
-    listener for stream/seqpacket) is bound: found by its socket file's inode, or by name."""
+def _bound_at(host_pid: int, info: dict, diag: dict) -> int:
+    """The inode of the socket of the right kind (a listener for stream/seqpacket) bound at
+    the peer name, a path on the task's root: found by its socket file's inode, or by name;
+    0 if there is none."""
     path = info["peer_name"]
     if not path or path.startswith("@"):
-        return False
+        return 0
     try:
         st = os.stat(f"/proc/{host_pid}/root/{path.lstrip('/')}" if path.startswith("/")
                      else f"/proc/{host_pid}/cwd/{path}")
     except OSError:
-        return False
+        return 0
     if not stat.S_ISSOCK(st.st_mode):
-        return False
+        return 0
     vfs = (st.st_ino, os.major(st.st_dev), os.minor(st.st_dev))
-    for m in diag.values():
+    for ino, m in diag.items():
         if m["type"] != info["type"] or m["peer"]:
             continue
         if info["type"] != socket.SOCK_DGRAM and m["state"] != TCP_LISTEN:
             continue
         if (m["vfs"] and (m["vfs"] == vfs or m["vfs"][0] == st.st_ino)) or m["name"] == path:
-            return True
-    return False
+            return ino
+    return 0
 
 
 def _classify(ctx, task, fd: int, ino: int, info: dict):
@@ -243,8 +263,10 @@ def _classify(ctx, task, fd: int, ino: int, info: dict):
                       f"them to")
     diag = _diag(ctx, task.host_pid)
     peer = (diag.get(ino) or {}).get("peer")
+    shut = (diag.get(ino) or {}).get("shutdown", 0)
     pn = info["peer_name"] or "an unnamed socket"
     inodes = _tree_socket_inodes(ctx)
+    stream = info["type"] != socket.SOCK_DGRAM
     if peer and peer in inodes:
         mutual = (diag.get(peer) or {}).get("peer") == ino
         if mutual:
@@ -266,7 +288,18 @@ def _classify(ctx, task, fd: int, ino: int, info: dict):
                     return refuse(f"waiting in the accept queue of {pn} with "
                                   f"{info['outq']} bytes sent")
                 return "pending", lino
-    if _outside_peer_ok(task.host_pid, info, diag):
+    if stream and shut == SHUTDOWN_MASK and (peer or 0) not in diag:
+        return "closed", peer or 0          # the peer closed: it is gone from sock_diag
+    bound = _bound_at(task.host_pid, info, diag)
+    if bound and bound in inodes and not stream and (peer or 0) not in diag:
+        if info["queued"]:          # its receiver is gone, a new one of the tree took the path
+            return refuse(f"connected to {pn} with {info['queued']} bytes queued on it")
+        return "sender", bound
+    if bound and bound in inodes and stream:
+        return refuse(f"connected to {pn} of the tree, its accepted end held outside the tree")
+    if bound:
+        if shut:
+            return refuse(f"connected to {pn} outside the tree, shut down ({shut:#x})")
         unread = info["queued"] + (info["outq"] if info["type"] != socket.SOCK_DGRAM else 0)
         if unread:
             return refuse(f"connected to {pn} outside the tree with unread data "
@@ -323,6 +356,9 @@ def dump(ctx, task, d, file_id) -> None:
         raise got
     role, peer = got
     typ = info["type"]
+    shut = (_diag(ctx, task.host_pid).get(d.ino) or {}).get("shutdown", 0)
+    if shut and role not in ("plain", "closed"):
+        ctx.writer.add(UNIX_SHUTDOWN, dict(file_id=file_id, shutdown=shut))
     if role == "pair":
         ctx.writer.add(UNIX_PAIR, dict(file_id=file_id, peer_file_id=0, ino=d.ino,
                                        peer_ino=peer, type=typ,
@@ -338,7 +374,8 @@ def dump(ctx, task, d, file_id) -> None:
                 file_id=file_id, ino=d.ino,
                 datagrams=[dict(sender=a, data=b) for a, b in items]))
         return
-    queue = _peek_queue(task.host_pid, d.fd, typ) if role in ("accepted", "client") else []
+    queue = _peek_queue(task.host_pid, d.fd, typ) \
+        if role in ("accepted", "client", "closed") else []
     ctx.writer.add(UNIX_CONN, dict(file_id=file_id, ino=d.ino, peer_ino=peer, type=typ,
                                    role=role, passcred=info["passcred"], name=info["name"],
                                    peer_name=info["peer_name"], queue=queue))
@@ -346,8 +383,9 @@ def dump(ctx, task, d, file_id) -> None:
 
 # --- restore: sockets made in the tree's namespaces by a helper ------------------------------
 
-def _plan(ctx) -> tuple[list, dict]:
-    """The steps for the helper, and {file_id: flags} of the sockets it makes."""
+def _plan(ctx) -> tuple[list, dict, dict]:
+    """The steps for the helper, {file_id: shutdown bits} and {file_id: flags} of the
+    sockets it makes."""
     ino_fid = {}
     for r in ctx.records["fd"]:
         if r.kind == "unix socket" and r.target.startswith("socket:["):
@@ -388,17 +426,23 @@ def _plan(ctx) -> tuple[list, dict]:
         q = queues.get(fid)
         steps.append(("bound", fid, u.type, u.name, u.listening, u.passcred,
                       [bytes(x.data) for x in q.datagrams] if q else []))
+    def listener_here(name: str, typ: int):
+        return next((f for f in here if sockets[f].listening and sockets[f].name == name
+                     and sockets[f].type == typ), None)
+
     for c in conns:
         if c.role == "accepted":
             cl = by_ino.get(c.peer_ino)
             if cl is None:
                 raise RestoreFailed(f"{ctx.path}: unix socket {c.ino} (accepted from "
                                     f"{c.name}): its client {c.peer_ino} is not in the image")
-            lid = next((f for f in here if sockets[f].listening and sockets[f].name == c.name
-                        and sockets[f].type == c.type), None)
-            steps.append(("conn", c.type, lid,
+            steps.append(("conn", c.type, listener_here(c.name, c.type),
                           (c.file_id, c.name, c.passcred, list(map(bytes, c.queue))),
                           (cl.file_id, cl.name, cl.passcred, list(map(bytes, cl.queue)))))
+        elif c.role == "closed":
+            steps.append(("closed", c.file_id, c.type, c.name, c.passcred, c.peer_name,
+                          listener_here(c.peer_name or c.name, c.type),
+                          list(map(bytes, c.queue))))
     for role in ("pending", "sender", "outside"):
         for c in conns:
             if c.role == role:
@@ -412,7 +456,9 @@ def _plan(ctx) -> tuple[list, dict]:
     for r in ctx.records["fd"]:
         holder.setdefault(r.file_id, r.pid)
     steps = [(cwd.get(holder.get(_step_ids(s)[0]), "") or "/", s) for s in steps]
-    return steps, {fid: flags.get(fid, 0) for fid in made}
+    shut = {r.file_id: r.shutdown for r in ctx.records.get("unix_shutdown", [])
+            if r.file_id in made}
+    return steps, shut, {fid: flags.get(fid, 0) for fid in made}
 
 
 def _step_ids(step) -> list[int]:
@@ -470,7 +516,45 @@ def _refill(typ: int, sender: socket.socket, items: list[bytes]) -> None:
             sender.setsockopt(SOL_SOCKET, SO_SNDBUFFORCE, orig // 2)
 
 
-def _build_in_ns(steps: list, chan_fd: int) -> str:
+def _closed(typ: int, name: str, passcred: bool, peer_name: str, listener, queue):
+    """A stream/seqpacket end whose peer has closed: connected as it was (to a listener at
+    peer_name, or accepted on one at name, or a socketpair when both are unnamed), its
+    queue refilled from the other end, which is then closed."""
+    if not peer_name and not name:
+        mine, other = socket.socketpair(socket.AF_UNIX, typ)
+        mine.settimeout(HELPER_TIMEOUT)
+        if passcred:
+            mine.setsockopt(SOL_SOCKET, SO_PASSCRED, 1)
+    else:
+        lname = peer_name or name
+        stale = False
+        lst = listener
+        if lst is None:
+            stale = _unlink_stale_here(lname)
+            lst = _new(typ, lname)
+            lst.listen(1)
+        if peer_name:                                   # a client of lname
+            mine = _new(typ, name, passcred)
+            mine.connect(_addr(lname))
+            other, _ = lst.accept()
+        else:                                           # accepted on lname
+            other = _new(typ)
+            other.connect(_addr(lname))
+            mine, _ = lst.accept()
+            mine.settimeout(HELPER_TIMEOUT)
+            if passcred:
+                mine.setsockopt(SOL_SOCKET, SO_PASSCRED, 1)
+        if listener is None:
+            lst.close()
+            if not stale and not lname.startswith("@"):
+                os.unlink(lname)
+    with other:
+        other.settimeout(HELPER_TIMEOUT)
+        _refill(typ, other, queue)
+    return mine
+
+
+def _build_in_ns(steps: list, shutdowns: dict, chan_fd: int) -> str:
     """Run in the helper, inside the init's net and mount namespaces: make every socket
     of ``steps`` ((cwd, step) pairs: relative names resolve from cwd) and send them back over ``chan_fd`` ((file_id, fd) batches).  Returns ""
     or the first failure, naming the socket."""
@@ -525,11 +609,19 @@ def _build_in_ns(steps: list, chan_fd: int) -> str:
                         os.unlink(name)
                 _refill(typ, c, qa)
                 _refill(typ, a, qc)
+            elif kind == "closed":
+                _, fid, typ, name, passcred, peer_name, lid, queue = step
+                what = f"socket whose peer {peer_name or name or '(unnamed)'} closed"
+                made[fid] = _closed(typ, name, passcred, peer_name,
+                                    made[lid] if lid is not None else None, queue)
             else:                                   # pending, sender, outside
                 _, fid, typ, name, passcred, peer_name, _target = step
                 what = f"{kind} socket connected to {peer_name or '(unnamed)'}"
                 s = made[fid] = _new(typ, name, passcred)
                 s.connect(_addr(peer_name))          # target (if any) is made already
+        for fid, bits in shutdowns.items():          # after every refill
+            what = f"shutdown({bits - 1}) of file {fid}"
+            made[fid].shutdown(bits - 1)
         chan = socket.socket(fileno=chan_fd)
         ids = list(made)
         for i in range(0, len(ids), 200):
@@ -546,13 +638,14 @@ def prepare(ctx) -> None:
     net and mount namespaces, then inherited by every task (files.inherit)."""
     from lxc_cr.resources import files
     from lxc_cr.resources.namespaces import run_in
-    steps, flags = _plan(ctx)
+    steps, shutdowns, flags = _plan(ctx)
     if not steps:
         return
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     got: dict[int, int] = {}
     try:
-        err = run_in(ctx.init_remote.t.pid, ("net", "mnt"), _build_in_ns, steps, theirs.fileno())
+        err = run_in(ctx.init_remote.t.pid, ("net", "mnt"), _build_in_ns, steps, shutdowns,
+                     theirs.fileno())
         theirs.close()
         if err:
             raise RestoreFailed(f"unix socket: {err}")

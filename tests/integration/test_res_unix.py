@@ -9,6 +9,8 @@
   on it: every sender's sequence continues without gap or duplicate;
 - a client of a listener outside the tree (run by the test, same filesystem): reconnected
   at the restore, its numbered exchange continues; refused while a record is in flight;
+- ends whose peer closed (a socketpair, a client of a server that closed) keep their data
+  and then EOF; a seqpacket pair half shut down (SHUT_WR) stays so;
 - a glibc syslog() client connected to busybox syslogd's /dev/log in an LXC container:
   after ``lxc-cr lxc checkpoint --stop`` + ``lxc restore`` every numbered message is in
   /var/log/messages once, in order.
@@ -49,6 +51,25 @@ def test_socketpair_queues_survive(tree):
                        "the program to read its queues")
     assert after["result"] == "ok", after["got"]
     assert after["got"] == "hello-stream|back|d1,d2,d3"
+    assert_continued(before, after)
+
+
+def test_closed_peers_and_shutdown_survive(tree):
+    binary = build("res_unixshut")
+    d = tree.dir("unixshut")
+    st = d / "state"
+    wl = tree.launch([binary, d], ready=lambda: int(read_state(st).get("counter", 0)) >= 3)
+    dump_kill(tree, wl.root, d / "img")
+    before = read_state(st)
+    assert before["result"] == "waiting"
+    assert sorted(c["role"] for c in records(d / "img", "unix_conn")) == ["closed"] * 2
+    assert sorted(r["shutdown"] for r in records(d / "img", "unix_shutdown")) == [1, 2]
+    tree.restore(d / "img")
+    (d / "go").write_text("")
+    after = wait_state(st, lambda s: s.get("result") not in (None, "waiting"),
+                       "the program to read its sockets")
+    assert after["got"] == f"last-words,EOF,bye,EOF,m1,m2,EOF,r1,peer={d / 'shut.sock'}"
+    assert after["result"] == "ok"
     assert_continued(before, after)
 
 
