@@ -151,6 +151,23 @@ def check(records, limit: Limit, path: str = "") -> None:
                                 f"--max-privilege {limit.spec}")
 
 
+def check_recorded(records, path: str) -> None:
+    """Every thread of every live process has exactly one creds record.  A thread without
+    one would keep the restorer's own credentials (root, every capability): an image
+    missing one was edited, and is refused whatever --max-privilege says (exit 2)."""
+    from collections import Counter
+    comm = {t.pid: t.comm for t in records.get("task", []) if t.state != "Z"}
+    have = Counter((c.pid, c.tid) for c in records.get("creds", []))
+    for th in records.get("thread", []):
+        if th.pid in comm and have[(th.pid, th.tid)] != 1:
+            where = f"pid {th.pid} ({comm[th.pid]})"
+            if th.tid != th.pid:
+                where += f" thread {th.tid}"
+            raise PrivilegeExceeded(f"{path}: {where}: {have[(th.pid, th.tid)]} creds records "
+                                    f"instead of one: the image was edited", pid=th.pid,
+                                    tid=th.tid)
+
+
 def _exceeds(c, limit: Limit) -> str | None:
     for prefix, values, least in (("uid", c.uids, limit.min_uid), ("gid", c.gids, limit.min_gid)):
         for name, value in zip(ID_FIELDS, values):

@@ -115,6 +115,7 @@ def restore_tree(image: str, pidfile: str | None = None, takeover=None,
         ctx = RestoreCtx(reader, image)
         _validate(ctx)
         hostcompat.check(reader.header, image)
+        privilege.check_recorded(ctx.records, image)    # no thread keeps our own root
         if max_privilege is not None:
             privilege.check(ctx.records, max_privilege, image)
         progress.start("restore", sum(p.npages for p in ctx.records["pages"]) * PAGE)

@@ -32,8 +32,9 @@ def writer_for(reader: ImageReader, path, **kw) -> ImageWriter:
 def recode(reader: ImageReader, writer: ImageWriter, edit=None) -> dict:
     """Copy every record and referenced block of ``reader`` into ``writer``, in file order.
 
-    ``edit(kind, obj)``, if given, may change a decoded record before it is re-encoded
-    (tests use it to forge images that are intact but say something else).
+    ``edit(kind, obj)``, if given, may change a decoded record before it is re-encoded,
+    or drop it by returning False (tests use it to forge images that are intact but say
+    something else).
 
     A block that lies before the record referring to it is copied when the file position
     reaches it; a block after its record (a reserved block) is copied when first referred to.
@@ -62,8 +63,8 @@ def recode(reader: ImageReader, writer: ImageWriter, edit=None) -> dict:
             new = done[key]
             for k in ("offset", "length", "stored", "codec", "crc32"):
                 ref[k] = new[k]
-        if edit is not None:
-            edit(kind, obj)
+        if edit is not None and edit(kind, obj) is False:
+            continue
         writer.add(kind, obj)
     return dict(records=len(items), blocks=len(blocks))
 

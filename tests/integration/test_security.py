@@ -154,6 +154,18 @@ def test_forged_root_credentials_refused_by_max_privilege(tree):
     assert status(root)["Uid"] == "0\t0\t0\t0"
 
 
+def test_image_without_a_threads_creds_refused(tree):
+    """A thread with no creds record would keep the restorer's root: refused, with or
+    without --max-privilege."""
+    wl, d, binary = launch_unpriv(tree)
+    img, forged = d / "img", d / "forged"
+    dump_kill(tree, wl.root, img)
+    forge(img, forged, lambda kind, obj: kind is None or kind.name != "creds")
+    want = "pid 1 (wl_unpriv): 0 creds records instead of one: the image was edited"
+    assert_refused(tree, forged, binary, want=want)
+    assert_refused(tree, forged, binary, "--max-privilege", "unprivileged", want=want)
+
+
 def test_flipped_byte_refused_before_any_process(tree):
     wl, d, binary = launch_unpriv(tree)
     img = d / "img"
