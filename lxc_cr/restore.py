@@ -68,7 +68,7 @@ class RestoreCtx:
         self.fd_owner: dict[int, tuple[int, int]] = {}
         self.created: list[int] = []       # host pids, to kill if the restore fails
         self.host_pids: dict[int, int] = {}      # tree pid -> host pid of restored processes
-        self.pidns_target: dict[int, int] = {}   # pid -> child whose pid ns it forks into
+        self.pidns_target: dict[int, int] = {}   # pid -> its nested init (its own view)
         self.records: dict[str, list] = defaultdict(list)
         self._by_pid: dict[tuple[str, int], list] = defaultdict(list)
         for kind, obj in reader.records():
@@ -500,6 +500,7 @@ def _rebuild(ctx, live: Live) -> None:
     keep = set()
     files.restore(ctx, live, remote, keep)
     trecs = ctx.by_pid("thread", live.pid)
+    task_mod.before_threads(ctx, live.rec, remote)   # threads need its own pid ns
     for th in trecs:
         if th.tid == live.pid:
             continue
@@ -512,6 +513,7 @@ def _rebuild(ctx, live: Live) -> None:
         t.set_sigmask(ALL_SIGNALS)
         live.threads[th.tid] = (t, Remote(t, ctx.scratch, t.getregs(), live.mem_fd,
                                           keep_signals=False))
+    task_mod.after_threads(ctx, live.rec, remote)    # its recorded pid_for_children
     for th in trecs:
         tr, rm = live.threads[th.tid]
         threads_mod.restore(ctx, live, th, tr, rm)

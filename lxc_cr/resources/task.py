@@ -7,8 +7,12 @@ has one).  A task one level deeper than its parent whose innermost pid is 1 is t
 a nested namespace, restored by clone3(CLONE_NEWPID) with one set_tid entry per level; a
 parent whose ``/proc/PID/ns/pid_for_children`` is that init's namespace (it called
 unshare(CLONE_NEWPID) and forked) gets it back by setns(pidfd of the init, CLONE_NEWPID),
-so its later children join it, as recorded in PID_FOR_CHILDREN.  Any other
-pid_for_children (unshare without a child living in it) is refused by check_pidns.
+so its later children join it, as recorded in PID_FOR_CHILDREN; one that called
+unshare(CLONE_NEWPID) and has not forked yet (the kernel shows no pid_for_children link)
+calls it again.  Both are done once the task's threads exist (clone(CLONE_THREAD) fails
+with EINVAL while pid_for_children differs from the task's namespace), and the setns also
+right after the init is forked, for the task's later children in it.  A pid_for_children
+whose init is gone is refused by check_pidns.
 
 Sources: /proc/PID/stat (``pid (comm) state ppid pgrp session ... exit_signal(38) ...
 exit_code(52)``), /proc/PID/status (``NSpid:``, ``NSpgid:``, ``NSsid:``, ``Umask:``),
@@ -44,8 +48,10 @@ TASK = record_kind(0x0100, "task", cs.Struct(
 
 PID_FOR_CHILDREN = record_kind(0x0103, "pid_for_children", cs.Struct(
     "pid" / cs.Int32ul,          # a process whose /proc/PID/ns/pid_for_children differs
-    "child" / cs.Int32ul,        # its child that is the init (pid 1) of that namespace
-), doc="a process that unshare(CLONE_NEWPID)'d: later forks go into its child's namespace")
+    "child" / cs.Int32ul,        # its child that is the init (pid 1) of that namespace;
+                                 # 0: a namespace no process has entered yet
+), doc="a process that unshare(CLONE_NEWPID)'d: later forks go into its child's namespace "
+       "(or start a new one)")
 
 RLIMITS = record_kind(0x0102, "rlimits", cs.Struct(
     "pid" / cs.Int32ul,
@@ -169,12 +175,11 @@ def check_pidns(proc, tasks) -> list[Unsupported]:
                                           "into: not supported"))
     for t in tasks:
         own = ns.get(t.host_pid)
-        if own is None or own[0] == own[1]:
+        if own is None or own[0] == own[1] or own[1] == -1:
             continue
         if not any(ns.get(c, (0,))[0] == own[1] for c in t.children):
             out.append(Unsupported(t.host_pid, t.stat.comm, "pid namespace for children",
-                                   reason="differs from its own and holds none of its "
-                                          "children (unshare(CLONE_NEWPID) before a fork): "
+                                   reason="differs from its own and its init is gone: "
                                           "not supported"))
     return out
 
@@ -183,6 +188,9 @@ def dump_pidns(ctx, task) -> None:
     """PID_FOR_CHILDREN of a task that unshare(CLONE_NEWPID)'d and forked its init."""
     own, kids = _pidns(ctx.proc, task.host_pid)
     if own == kids:
+        return
+    if kids == -1:
+        ctx.writer.add(PID_FOR_CHILDREN, dict(pid=task.pid, child=0))
         return
     level = len(task.creds.nspid) - len(task.nspids)
     for c in task.children:
@@ -221,12 +229,34 @@ def after_fork(ctx, parent_remote, rec, host_pid: int, got: int) -> None:
                                 f"recorded {list(rec.nspids)}")
     for p in ctx.records.get("pid_for_children", ()):
         if p.pid == rec.ppid and p.child == rec.pid:
-            pidfd = parent_remote.call("pidfd_open", got, 0)
-            try:
-                parent_remote.call("setns", pidfd, 0x20000000)
-            finally:
-                parent_remote.call("close", pidfd)
-            ctx.pidns_target[rec.ppid] = rec.pid
+            _setns_pid(parent_remote, got)
+            ctx.pidns_target[rec.ppid] = got
+
+
+def _setns_pid(remote, pid: int) -> None:
+    """pid_for_children := the pid namespace of ``pid`` (as the task sees it)."""
+    pidfd = remote.call("pidfd_open", pid, 0)
+    try:
+        remote.call("setns", pidfd, 0x20000000)
+    finally:
+        remote.call("close", pidfd)
+
+
+def before_threads(ctx, rec, remote) -> None:
+    """Back to its own pid namespace for children while its threads are created."""
+    if rec.pid in ctx.pidns_target:
+        _setns_pid(remote, rec.nspids[-1])
+
+
+def after_threads(ctx, rec, remote) -> None:
+    """The recorded pid_for_children, once the task's threads exist."""
+    for p in ctx.records.get("pid_for_children", ()):
+        if p.pid != rec.pid:
+            continue
+        if p.child == 0:
+            remote.call("unshare", 0x20000000)
+        elif rec.pid in ctx.pidns_target:
+            _setns_pid(remote, ctx.pidns_target[rec.pid])
 
 
 def session_nested(ctx, rec, host_pid: int, remote) -> None:

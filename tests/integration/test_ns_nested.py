@@ -5,8 +5,10 @@ A, which unshare(CLONE_NEWPID)s and forks N (pid 1 of the nested namespace), whi
 (pid 2 there).  After dump/kill/restore, every process has the same pid at every level
 (NSpid of /proc/PID/status, read from the host, the levels from the tree's down), each
 process still sees its own pids as before, the counters go on, and A's pid_for_children is
-N's namespace again: a child A forks after the restore lands in it.  The refusal of a
-pid_for_children that holds no child (unshare without a fork) is checked too.
+N's namespace again (A has a second thread: pid_for_children is set once it exists): a
+child A forks after the restore lands in it.  A process that unshare(CLONE_NEWPID)'d and
+has not forked yet is restored so (its first child is pid 1 of a new namespace); one whose
+nested init is gone, and a proc mounted for a nested namespace, are refused by name.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import pytest
 
 from treeutil import (assert_continued, assert_one_error_line, assert_running_untraced,
-                      build, dump_kill, harness_fixture, read_state, status, tree_pids,
+                      build, dump_kill, harness_fixture, read_state, status, tids, tree_pids,
                       wait_changed, wait_for, wait_state)
 
 pytestmark = pytest.mark.integration
@@ -88,6 +90,7 @@ def test_nested_pid_namespace_restored(tree):
     assert _pidns(n_host) == _pidns(g_host) != _pidns(a_host)
     assert _pidns(a_host, "pid_for_children") == _pidns(n_host), (
         "A's pid_for_children is not N's namespace after the restore")
+    assert len(tids(a_host)) == 2, "A's second thread"
 
     (d / "fork").touch()                   # A forks F: it must land in N's namespace
     f = wait_state(d / "state.F", lambda st: int(st.get("counter", 0)) >= 1, "A's new child F")
@@ -98,18 +101,53 @@ def test_nested_pid_namespace_restored(tree):
     assert int(f["ppid"]) == 0, "F's parent A is outside F's namespace: getppid() is 0"
 
 
-def test_pid_for_children_without_child_refused(tree, tmp_path):
-    """A process that unshare(CLONE_NEWPID)'d and never forked is refused by name."""
-    st = tmp_path / "st"
-    script = (f"import ctypes,time; assert ctypes.CDLL(None).unshare({CLONE_NEWPID}) == 0; "
-              f"open('{st}','w').write('x'); time.sleep(600)")
-    wl = tree.launch(["/usr/bin/python3", "-c", script], ready=lambda: st.exists(),
+def _python_unsharer(tree, body: str):
+    """Pid 1 of a tree: python that unshare(CLONE_NEWPID)s, runs ``body``, then writes
+    STATE and runs on; returns (workload, state file)."""
+    st = tree.base / "unshared"
+    script = (f"import ctypes, os, time\n"
+              f"assert ctypes.CDLL(None).unshare({CLONE_NEWPID}) == 0\n"
+              f"{body}\n"
+              f"open('{st}', 'w').write('x')\n")
+    return st, script
+
+
+def test_pid_for_children_not_entered_yet_restored(tree):
+    """unshare(CLONE_NEWPID) without a fork: restored by the same unshare in the restored
+    process (no pid_for_children link, as before); its first child is pid 1 there."""
+    trigger, out = tree.base / "fork", tree.base / "child"
+    st, script = _python_unsharer(tree, "")
+    script += (f"while not os.path.exists('{trigger}'):\n    time.sleep(0.005)\n"
+               f"pid = os.fork()\n"
+               f"if pid == 0:\n    open('{out}', 'w').write(str(os.getpid())); os._exit(0)\n"
+               f"os.waitpid(pid, 0)\ntime.sleep(600)\n")
+    wl = tree.launch(["/usr/bin/python3", "-c", script], ready=st.exists,
                      what="the python process to unshare")
+    with pytest.raises(FileNotFoundError):
+        os.readlink(f"/proc/{wl.root}/ns/pid_for_children")
+    img = tree.base / "unshared.img"
+    dump_kill(tree, wl.root, img)
+    root = tree.restore(img)
+    assert_running_untraced(root)
+    with pytest.raises(FileNotFoundError):
+        os.readlink(f"/proc/{root}/ns/pid_for_children")
+    trigger.touch()
+    assert wait_for(lambda: out.exists() and out.read_text(), "the first child") == "1"
+    assert os.readlink(f"/proc/{root}/ns/pid_for_children") != _pidns(root)
+
+
+def test_pid_for_children_whose_init_is_gone_refused(tree):
+    """unshare(CLONE_NEWPID), fork, the nested init exits: refused by name, untouched."""
+    st, script = _python_unsharer(
+        tree, "pid = os.fork()\nif pid == 0:\n    os._exit(0)\nos.waitpid(pid, 0)")
+    wl = tree.launch(["/usr/bin/python3", "-c", script + "time.sleep(600)\n"],
+                     ready=st.exists, what="the python process to unshare and fork")
     pid = wl.root
     before = status(pid)["NSpid"]
     res = tree.cli("check", pid)
     assert res.rc == 1, res.describe()
-    assert f"pid {pid} (python3): pid namespace for children: differs from its own" in res.out
+    assert f"pid {pid} (python3): pid namespace for children: differs from its own and " \
+           f"its init is gone: not supported" in res.out, res.describe()
     img = tree.base / "refused.img"
     res = tree.cli("tree", "dump", pid, img)
     assert res.rc == 1, res.describe()

@@ -3,7 +3,8 @@
  * usage: ns_nested DIR
  *
  *   R  (root, pid 1 of the tree's pid namespace)
- *   +- A  unshare(CLONE_NEWPID): its pid_for_children is a nested pid namespace
+ *   +- A  starts a second thread, then unshare(CLONE_NEWPID): its pid_for_children is a
+ *   |     nested pid namespace
  *      +- N  the nested namespace's init (pid 1 there)
  *         +- G  N's child (pid 2 there)
  *
@@ -13,6 +14,7 @@
  * must still be A's pid_for_children): F, which writes DIR/state.F the same way.
  */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -65,8 +67,16 @@ static void loop(const char *role, int forker)
 	}
 }
 
+static void *idle(void *arg)
+{
+	for (;;)
+		nap_ms(50);
+	return arg;
+}
+
 int main(int argc, char **argv)
 {
+	pthread_t th;
 	pid_t a, n, g;
 
 	if (argc < 2)
@@ -74,6 +84,8 @@ int main(int argc, char **argv)
 	dir = argv[1];
 	a = fork();
 	if (a == 0) {
+		if (pthread_create(&th, NULL, idle, NULL))
+			_exit(5);
 		if (unshare(CLONE_NEWPID) < 0)
 			_exit(4);
 		n = fork();
