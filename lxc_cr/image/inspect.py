@@ -239,7 +239,9 @@ def _human(s: dict, out) -> None:
             for t in d.get("nested", ()):
                 w(f"    pid {t['pid']} nested: pids {t['nspids']} (the tree's level first)\n")
             for f in d.get("for_children", ()):
-                w(f"    pid {f['pid']} forks into the namespace of its child {f['child']}\n")
+                w(f"    pid {f['pid']} forks into the namespace of its child {f['child']}\n"
+                  if f["child"] else
+                  f"    pid {f['pid']} forks into a new namespace (unshared, not entered)\n")
         elif kind == "time":
             for o in d.get("offsets", ()):
                 w(f"    {o['clock']} offset {o['offset_sec']}.{o['offset_nsec']:09d} s\n")
