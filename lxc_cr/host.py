@@ -449,6 +449,8 @@ def _shutdown_one(t: Target, image_dir: str | None, use_policy: bool, manifest: 
                                                   else ""), outcome="failed")
         return entry
     fallback = bool(reason and use_policy)
+    if fallback:        # whatever a half-successful checkpoint registered is not to resume
+        pending.consume(kind, t.name, t.where if kind == "lxc" else None)
     entry.update(outcome="shutdown", state="pending", how=how, reason=reason, fallback=fallback,
                  seconds=round(time.monotonic() - t0, 3))
     manifest.put(entry)
@@ -545,8 +547,11 @@ def _boot_one(e: dict, t: Target, manifest: Manifest) -> dict:
             return e
         e.update(state="started")
         manifest.put(e)
-        log(kind, name, f"{how} in {_elapsed(t0)} (it was shut down, not checkpointed)",
-            outcome=how)
+        if how == "already running":
+            log(kind, name, "already running (started by its manager's autostart)", outcome=how)
+        else:
+            log(kind, name, f"{how} in {_elapsed(t0)} (it was shut down, not checkpointed)",
+                outcome=how)
         return e
 
     image, path = e["image"], e.get("image_file") or _image_file(kind, e["image"])
