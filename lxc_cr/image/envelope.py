@@ -195,6 +195,13 @@ class EncryptedSource:
         data = self._cache.get(i)
         if data is not None:
             return data
+        data = self._open_chunk(i)
+        if len(self._cache) >= 4:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[i] = data
+        return data
+
+    def _open_chunk(self, i: int) -> bytes:
         from cryptography.exceptions import InvalidTag
         sealed = self.chunk + TAG_SIZE
         off = HEADER_SIZE + i * sealed
@@ -207,10 +214,13 @@ class EncryptedSource:
             raise ImageError(self.path, f"encrypted chunk {i} of {self.count} fails "
                              f"authentication (truncated, reordered or tampered image)",
                              off) from None
-        if len(self._cache) >= 4:
-            self._cache.pop(next(iter(self._cache)))
-        self._cache[i] = data
         return data
+
+    def authenticate(self) -> None:
+        """Decrypt and authenticate every chunk once, front to back (nothing is kept)."""
+        for i in range(self.count):
+            if i not in self._cache:
+                self._open_chunk(i)
 
     def pread(self, length: int, offset: int) -> bytes:
         out = []

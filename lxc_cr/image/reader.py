@@ -336,7 +336,12 @@ class ImageReader:
         ``blocks=False`` (a dump checking the image it has just written) checks every
         record, the index and every block's bounds, but not the block contents again: their
         crc32 was computed from the very buffers written (pwritev's count checked, fsynced),
-        and reading them back would only read the page cache."""
+        and reading them back would only read the page cache.
+
+        An encrypted image is authenticated whole first (every chunk of the envelope,
+        blocks included), whatever ``blocks`` says: nobody's edit gets past it."""
+        if self._src is not None:
+            self._src.authenticate()
         seen = {}
         for tag, off, payload in self.raw_records():
             _kind, obj = self.decode(tag, payload, off, canonical=True)

@@ -349,3 +349,33 @@ def test_libvirt_encrypted_save_and_privilege_policy(libvirt_domain, tmp_path):
     seen = wait_for(lambda: count() > at and count(), "the counter to go on")
     assert seen <= at + 50, "the counter restarted"
     assert run("virsh", "-c", "lxc:///system", "destroy", name).returncode == 0
+
+
+def test_encrypted_multi_chunk_image_authenticated_before_any_process(tree):
+    """An 8 MiB heap spans several 1 MiB chunks: a flipped bit in page data far from every
+    record is caught before any process is created, and the intact image restores with
+    the heap's checksum unchanged."""
+    from treeutil import state_int
+    binary = build("wl_heap")
+    d = tree.dir("heap")
+    st = d / "state"
+    key = d / "key"
+    key.write_bytes(os.urandom(32))
+    os.chmod(key, 0o600)
+    wl = tree.launch([binary, st, "0x5eed", "8"], ready=lambda: state_int(st, "counter") >= 2)
+    img = d / "img"
+    dump_kill(tree, wl.root, img, "--encrypt", key)
+    last = read_state(st)
+    raw = img.read_bytes()
+    chunks = (len(raw) - 32) // ((1 << 20) + 16)
+    assert chunks >= 8, f"{len(raw)} bytes: expected at least 8 chunks"
+    at = 32 + 4 * ((1 << 20) + 16) + 1000              # inside chunk 4: heap pages
+    bad = d / "bad"
+    bad.write_bytes(raw[:at] + bytes([raw[at] ^ 0x40]) + raw[at + 1:])
+    assert_refused(tree, bad, binary, "--key", key,
+                   want=f"encrypted chunk 4 of {chunks + 1} fails authentication")
+    bad.unlink()
+    tree.restore(img, "--key", key)
+    after = wait_changed(st, last)
+    assert_continued(last, after, what="wl_heap (encrypted)")
+    assert after["checksum"] == after["checksum0"] and after["bad"] == "0", after
