@@ -616,7 +616,10 @@ def _build_in_ns(steps: list, shutdowns: dict, chan_fd: int) -> str:
                                     made[lid] if lid is not None else None, queue)
             else:                                   # pending, sender, outside
                 _, fid, typ, name, passcred, peer_name, _target = step
-                what = f"{kind} socket connected to {peer_name or '(unnamed)'}"
+                what = {"pending": "socket waiting in the accept queue of {}",
+                        "sender": "dgram socket connected to {}",
+                        "outside": "socket reconnecting to {} outside the tree"}[kind] \
+                    .format(peer_name or "(unnamed)")
                 s = made[fid] = _new(typ, name, passcred)
                 s.connect(_addr(peer_name))          # target (if any) is made already
         for fid, bits in shutdowns.items():          # after every refill

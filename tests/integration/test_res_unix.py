@@ -29,8 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from treeutil import (LXC_CR, UNSUPPORTED_RE, assert_continued, assert_one_error_line, build,
-                      dump_kill, harness_fixture, read_state, wait_for, wait_state)
+from treeutil import (LXC_CR, UNSUPPORTED_RE, all_pids_with_exe, assert_continued,
+                      assert_one_error_line, build, dump_kill, harness_fixture, read_state,
+                      wait_for, wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -225,30 +226,40 @@ def test_client_of_listener_outside_the_tree(tree):
     d = tree.dir("unixout")
     path = str(d / "ext.sock")
     st = d / "state"
-    srv = EchoServer(path)
-    srv.start()
+    servers = [EchoServer(path)]
+    servers[0].start()
     try:
         wl = tree.launch([binary, path, d], ready=lambda: int(read_state(st).get("rounds", 0)) >= 20)
         # a record in flight (the server holds it unread): refused, naming the peer
-        srv.hold.set()
+        servers[0].hold.set()
         res = wait_for_refusal(tree, wl.root, path)
         assert "unread data" in res, res
         (d / "hold").write_text("")
-        srv.hold.clear()
+        servers[0].hold.clear()
         wait_state(st, lambda s: s.get("held") == "1", "the client to hold")
         dump_kill(tree, wl.root, d / "img")
         before = read_state(st)
         assert [c["role"] for c in records(d / "img", "unix_conn")] == ["outside"]
+        # no listener at the path any more: the restore fails naming it, nothing is left
+        servers[0].close()
+        os.unlink(path)
+        res = tree.cli("tree", "restore", d / "img")
+        assert res.rc == 1 and path in assert_one_error_line(res), res.describe()
+        assert not all_pids_with_exe(binary), "a failed restore left the client running"
+        servers.append(EchoServer(path))
+        servers[1].start()
         tree.restore(d / "img")
         (d / "hold").unlink()
         after = wait_state(st, progressed(before, "rounds", 30), "30 more rounds after restore")
         assert_continued(before, after)
         assert after["bad"] == "0" and after["peer"] == path
-        assert srv.connections == 2, "the restored client should have connected again"
-        got = list(srv.got)
+        assert servers[1].connections == 1, "the restored client should have connected again"
+        got = servers[0].got + servers[1].got
         assert got == list(range(1, len(got) + 1)), "records lost or repeated at the server"
+        assert servers[1].got and servers[1].got[0] == int(before["rounds"]) + 1
     finally:
-        srv.close()
+        for srv in servers:
+            srv.close()
 
 
 def test_client_of_abstract_listener_outside_is_refused(tree):
