@@ -190,7 +190,12 @@ def check_tree(proc: Proc, tasks: list[TaskState], managed: bool = False,
     for t in tasks:
         if not t.zombie and t.host_pid not in gone:
             t.fds = descs[t.host_pid]
-            problems += files.check(ctx, t, t.fds)
+            try:
+                problems += files.check(ctx, t, t.fds)
+            except TaskGone:
+                if t is tasks[0]:
+                    raise
+                # exited meanwhile (a container's short-lived sleep): the freeze rescans
     return problems, pipe_count
 
 
@@ -235,13 +240,23 @@ def freeze(proc: Proc, tasks: list[TaskState], freezer=None) -> list[TaskState]:
             for t in tasks:
                 if t.zombie:
                     continue
-                refresh(proc, t)
-                for th in t.threads:
-                    th.tracee = Tracee.seize(th.host_tid, O_TRACESYSGOOD, pid=t.host_pid)
-                    th.tracee.interrupt(wait=False)
-                    pending.append(th.tracee)
+                try:
+                    refresh(proc, t)
+                    for th in t.threads:
+                        th.tracee = Tracee.seize(th.host_tid, O_TRACESYSGOOD, pid=t.host_pid)
+                        th.tracee.interrupt(wait=False)
+                        pending.append(th.tracee)
+                except TaskGone:
+                    # a task already in do_exit() is not held by the freezer: it may be
+                    # reaped meanwhile; the rescan below drops it (or finds its zombie)
+                    if t.host_pid == root:
+                        raise
         for tr in pending:
-            tr.wait_event_stop()
+            try:
+                tr.wait_event_stop()
+            except TaskGone:
+                if tr.pid == root:
+                    raise
     while True:
         new = 0
         for t in tasks:
