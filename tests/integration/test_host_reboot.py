@@ -338,7 +338,7 @@ def test_checkpoint_timeout_falls_back_and_ignore_is_left_alone(lxc_container, t
     images = tmp_path / "images"
     r = host("shutdown", "--image-dir", images, env=env)
     assert r.returncode == 1, r.stderr
-    assert re.search(r"^dump 2 .*frozen$", trace.read_text(), re.M), trace.read_text()
+    assert re.search(r"^dump 2 .*frozen$", trace.read_text(), re.MULTILINE), trace.read_text()
     lines = per_container(r.stderr)
     assert re.fullmatch(r"checkpoint failed: timed out after 4 s; (shut down cleanly|killed after "
                         r"a clean shutdown timed out \(4 s\)) in \d+\.\d\d s", lines[slow.name]), \
@@ -353,3 +353,26 @@ def test_checkpoint_timeout_falls_back_and_ignore_is_left_alone(lxc_container, t
     assert [e["name"] for e in entries] == [slow.name]
     assert entries[0]["fallback"] and entries[0]["reason"] == "timed out after 4 s"
     keep.stop()
+
+
+def test_domain_shutdown_policy_and_cold_boot(libvirt_domain, tmp_path):
+    dom, dcount = counter_domain(libvirt_domain, tmp_path, "hr-dshut")
+    d = dom.name()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"scope: listed\ndomains:\n  {d}: {{action: shutdown, timeout: 3}}\n")
+    env = {"LXC_CR_CONFIG": str(config), "LXC_CR_STATE_DIR": str(tmp_path / "state")}
+    images = tmp_path / "images"
+    r = host("shutdown", "--image-dir", images, env=env)
+    assert r.returncode == 0, r.stderr
+    # a shell as init ignores SIGTERM: libvirt's shutdown times out, then the destroy
+    assert re.fullmatch(r"(shut down cleanly|destroyed after a clean shutdown timed out "
+                        r"\(3 s\)) in \d+\.\d\d s \(policy: shutdown\)", per_container(r.stderr)[d])
+    assert dom_state(d) == "shut off"
+    assert not managed_save(d).exists()
+    stopped_at = dcount()
+    r = host("boot", "--image-dir", images, env=env)
+    assert r.returncode == 0, r.stderr
+    assert per_container(r.stderr)[d].startswith("cold-started in ")
+    assert dom_state(d) == "running"
+    # a cold boot: the loop starts again from 1
+    wait_for(lambda: 0 < dcount() < stopped_at, timeout=60, what="the counter to start over")
