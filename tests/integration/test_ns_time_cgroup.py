@@ -10,19 +10,23 @@
   restored by a restorer placed in another fresh cgroup after ``sub`` was removed: the
   restored root is in the restorer's cgroup, A and H in ``sub`` and ``sub/inner`` below it
   (read from /proc/PID/cgroup), with the same limits.
+* A busybox LXC container whose counter shell sits in a sub-cgroup of the container's pids
+  cgroup (pids.max 50): after ``lxc checkpoint --stop`` + ``lxc restore`` it is in that
+  sub-cgroup of the cgroup LXC made for the restored container.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from treeutil import (assert_continued, build, dump_kill, harness_fixture, host_pid_of,
-                      read_state, wait_changed, wait_for, wait_state)
+from treeutil import (LXC_CR, assert_continued, build, dump_kill, harness_fixture,
+                      host_pid_of, read_state, tree_pids, wait_changed, wait_for, wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -198,3 +202,51 @@ def test_cgroup_placement_and_limits(cgroups, tree):
     assert (t2["pids"] / "sub" / "inner" / "pids.max").read_text().strip() == "max"
     assert (t2["memory"] / "sub" / "memory.limit_in_bytes").read_text().strip() == \
         str(64 << 20)
+
+
+LXC_RCS = """#!/bin/sh
+/bin/syslogd
+/bin/sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done' </dev/null >/dev/null 2>&1 &
+"""
+
+
+def _counter_pid(init: int) -> int:
+    """Host pid of the container's counter shell (its command line names /tmp/counter)."""
+    for h in tree_pids(init):
+        try:
+            if b"/tmp/counter" in Path(f"/proc/{h}/cmdline").read_bytes():
+                return h
+        except FileNotFoundError:
+            continue
+    raise AssertionError("no counter shell in the container")
+
+
+def test_lxc_container_sub_cgroup(lxc_container, tmp_path):
+    """In an LXC container, a process moved to a sub-cgroup of the container's pids cgroup
+    (pids.max 50) is there again after ``lxc checkpoint --stop`` + ``lxc restore``, below
+    the cgroup LXC made for the restored container."""
+    ct = lxc_container("cg")
+    root = Path(ct.lxcpath) / ct.name / "rootfs"
+    (root / "etc" / "init.d" / "rcS").write_text(LXC_RCS)
+    ct.start()
+    counter = root / "tmp" / "counter"
+    wait_for(lambda: counter.exists() and counter.read_text().strip(), "the counter")
+    init = ct.init_pid()
+    base = Path(HIERARCHIES["pids"] + _cgroup_paths(init)["pids"])
+    (base / "sub").mkdir()
+    (base / "sub" / "pids.max").write_text("50")
+    (base / "sub" / "cgroup.procs").write_text(str(_counter_pid(init)))
+    d = tmp_path / "ckpt"
+    r = subprocess.run([LXC_CR, "lxc", "checkpoint", ct.name, d, "--stop", "-P", ct.lxcpath],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert r.returncode == 0, r.stderr
+    at_ck = int(counter.read_text().strip() or 0)
+    r = subprocess.run([LXC_CR, "lxc", "restore", ct.name, d, "-P", ct.lxcpath],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: int(counter.read_text().strip() or 0) > at_ck, "the counter to go on")
+    init = ct.init_pid()
+    new_base = _cgroup_paths(init)["pids"]
+    assert _cgroup_paths(_counter_pid(init))["pids"] == f"{new_base}/sub"
+    assert Path(f"{HIERARCHIES['pids']}{new_base}/sub/pids.max").read_text().strip() == "50"
+    ct.stop()
