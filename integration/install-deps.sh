@@ -10,6 +10,7 @@ PACKAGES=(
     libvirt-daemon libvirt-daemon-driver-lxc libvirt-clients python3-libvirt
     gcc libc6-dev iproute2 nftables
     python3-venv python3-cryptography
+    systemd   # systemd-analyze verifies lxc-cr's units (tests/integration/test_host_reboot.py)
 )
 
 missing=()
