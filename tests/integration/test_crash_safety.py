@@ -29,9 +29,21 @@ from test_lxc_checkpoint import (
     run,
     wait_for,
 )
+from treeutil import (
+    assert_continued,
+    assert_running_untraced,
+    build,
+    dump_kill,
+    harness_fixture,
+    read_state,
+    wait_changed,
+    wait_state,
+)
 
 from lxc_cr import intent
 from lxc_cr.kernel.cgroup import Freezer
+
+tree = harness_fixture()
 
 LXC_CR = VENV_BIN / "lxc-cr"
 SEED = 20261201
@@ -278,3 +290,58 @@ def test_intent_file_is_private_and_gone_after_a_dump(lxc_container, tmp_path):
     assert running_on(ct)
     ct.stop()
 
+
+def test_tree_dump_killed_threads_run_on_and_recover_cleans(tree):
+    """A tree dump has no freezer and no watchdog: SIGKILLed at a step, its seized and
+    interrupted threads (registers, signal masks and injected scratch page in place) run on
+    untraced by themselves; its partial temporary image and intent stay until ``lxc-cr
+    recover`` removes them; a normal dump and restore then work."""
+    n = 3
+    binary = build("wl_threads")
+    d = tree.dir("tree-kill")
+    st = d / "state"
+
+    def ready():
+        s = read_state(st)
+        return all(int(s.get(f"count{i}", 0)) >= 3 for i in range(n))
+    wl = tree.launch([binary, st, str(n)], ready=ready)
+    trace = d / "trace"
+    tree.cli("tree", "dump", wl.root, d / "t.img", "--leave-running",
+             env={"LXC_CR_FAULT_TRACE": str(trace)})
+    names = [line.split(" ", 2)[2] for line in steps(trace)]
+    memory = [i + 1 for i, name in enumerate(names) if name.startswith("memory ")]
+    holds = [("frozen", names.index("frozen") + 1), ("prepared", names.index("prepared") + 1),
+             ("memory", memory[-1]), ("written", names.index("written") + 1)]
+    for what, n_step in holds:
+        img = d / f"{what}.img"
+        t = d / f"trace-{what}"
+        env = dict(os.environ, LXC_CR_FAULT_TRACE=str(t), LXC_CR_FAULT_HOLD=f"dump:{n_step}")
+        env.pop("LXC_CR_FAULT", None)
+        proc = subprocess.Popen([str(LXC_CR), "tree", "dump", str(wl.root), str(img)], env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        assert wait_trace(t, proc, steps(trace)[n_step - 1].split(" ", 2)[2])
+        before = read_state(st)
+        proc.kill()
+        proc.wait()
+        after = wait_changed(st, before, key="main")
+        assert_continued(before, after, key="main", what=f"killed at {what}")
+        wait_state(st, lambda s: all(int(s[f"count{i}"]) > int(before[f"count{i}"])
+                                     for i in range(n)), f"every thread after a kill at {what}")
+        assert_running_untraced(wl.root)
+        temp = Path(intent.temp_path(str(img), proc.pid))
+        mine = [r for r in intent.intents() if r.owner_pid == proc.pid]
+        assert len(mine) == 1 and mine[0].temp == str(temp) and not mine[0].freezer
+        assert temp.exists() == (what in ("memory", "written")), what
+        assert not img.exists()
+        r = run(LXC_CR, "recover")
+        assert r.returncode == 0, r.stderr
+        if temp.name in r.stdout:
+            assert f"removed temporary image {temp}" in r.stdout, r.stdout
+        assert f"removed intent {mine[0].path}" in r.stdout, r.stdout
+        assert not temp.exists() and not os.path.exists(mine[0].path)
+    last = read_state(st)
+    dump_kill(tree, wl.root, d / "final.img")
+    tree.restore(d / "final.img")
+    assert_continued(last, wait_changed(st, read_state(st), key="main"), key="main",
+                     what="restored after the kills")
