@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import os
 
+import jsonschema
 import pytest
 
-from treeutil import (assert_continued, assert_one_error_line, assert_running_untraced,
+from treeutil import (REPO, assert_continued, assert_one_error_line, assert_running_untraced,
                       build, dump_kill, harness_fixture, read_state, status, tids, tree_pids,
                       wait_changed, wait_for, wait_state)
 
@@ -73,7 +74,10 @@ def test_nested_pid_namespace_restored(tree):
 
     inspect = tree.cli("inspect", img, "--json")
     assert inspect.rc == 0, inspect.describe()
-    pidns = json.loads(inspect.out)["namespaces"]["pid"]
+    doc = json.loads(inspect.out)
+    schema = json.loads((REPO / "schemas" / "inspect.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(doc)
+    pidns = doc["namespaces"]["pid"]
     assert pidns["levels"] == 2
     assert sorted(tuple(t["nspids"]) for t in pidns["nested"]) == \
         sorted([before["N"], before["G"]])

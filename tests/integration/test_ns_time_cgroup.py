@@ -23,9 +23,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import jsonschema
 import pytest
 
-from treeutil import (LXC_CR, assert_continued, build, dump_kill, harness_fixture,
+from test_lxc_checkpoint import RCS
+from treeutil import (LXC_CR, REPO, assert_continued, build, dump_kill, harness_fixture,
                       host_pid_of, read_state, tree_pids, wait_changed, wait_for, wait_state)
 
 pytestmark = pytest.mark.integration
@@ -174,7 +176,10 @@ def test_cgroup_placement_and_limits(cgroups, tree):
             _rmdir(base / sub, errors)
     assert not errors, errors
 
-    summary = json.loads(tree.cli("inspect", img, "--json").out)["namespaces"]["cgroup"]
+    doc = json.loads(tree.cli("inspect", img, "--json").out)
+    schema = json.loads((REPO / "schemas" / "inspect.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(doc)
+    summary = doc["namespaces"]["cgroup"]
     placed = {t["pid"]: {c["hierarchy"]: c["path"] for c in t["cgroups"]}
               for t in summary["tasks"]}
     assert placed == {pids["A"]: dict.fromkeys(t1, "sub"),
@@ -204,12 +209,6 @@ def test_cgroup_placement_and_limits(cgroups, tree):
         str(64 << 20)
 
 
-LXC_RCS = """#!/bin/sh
-/bin/syslogd
-/bin/sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done' </dev/null >/dev/null 2>&1 &
-"""
-
-
 def _counter_pid(init: int) -> int:
     """Host pid of the container's counter shell (its command line names /tmp/counter)."""
     for h in tree_pids(init):
@@ -227,7 +226,7 @@ def test_lxc_container_sub_cgroup(lxc_container, tmp_path):
     the cgroup LXC made for the restored container."""
     ct = lxc_container("cg")
     root = Path(ct.lxcpath) / ct.name / "rootfs"
-    (root / "etc" / "init.d" / "rcS").write_text(LXC_RCS)
+    (root / "etc" / "init.d" / "rcS").write_text(RCS)    # syslogd, counter shell
     ct.start()
     counter = root / "tmp" / "counter"
     wait_for(lambda: counter.exists() and counter.read_text().strip(), "the counter")
