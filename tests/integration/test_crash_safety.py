@@ -345,3 +345,39 @@ def test_tree_dump_killed_threads_run_on_and_recover_cleans(tree):
     tree.restore(d / "final.img")
     assert_continued(last, wait_changed(st, read_state(st), key="main"), key="main",
                      what="restored after the kills")
+
+
+def test_virsh_save_killed_while_frozen(libvirt_domain, tmp_path):
+    """``lxc-cr virsh save`` SIGKILLed with the domain's cgroup frozen: the watchdog thaws
+    it, the domain runs on (libvirt still says running), no image is left, and a save and
+    restore afterwards work."""
+    from test_libvirt_save import counter_domain, state
+    dom, count = counter_domain(libvirt_domain, tmp_path, "kill")
+    name = dom.name()
+    img = tmp_path / "dom.save"
+    trace = tmp_path / "trace"
+    env = dict(os.environ, LXC_CR_FAULT_TRACE=str(trace), LXC_CR_FAULT_HOLD="dump:2")
+    env.pop("LXC_CR_FAULT", None)
+    proc = subprocess.Popen([str(LXC_CR), "virsh", "save", name, str(img)], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    assert wait_trace(trace, proc, "cgroup frozen"), proc.stderr.read()
+    recs = [r for r in intent.intents() if r.kind == "libvirt" and r.name == name]
+    assert len(recs) == 1 and recs[0].freezer and recs[0].owner_pid == proc.pid
+    frozen = recs[0].freezer
+    assert intent.freezer_state(frozen) == "FROZEN"
+    c0 = count()
+    proc.kill()
+    proc.wait()
+    wait_for(lambda: intent.freezer_state(frozen) == "THAWED", timeout=30,
+             what="the watchdog to thaw the domain")
+    wait_for(lambda: count() > c0 + 2, what="the domain's counter after the kill")
+    assert state(name) == "running"
+    assert not os.path.exists(recs[0].path) and not img.exists()
+    assert not list(tmp_path.glob(".dom.save.tmp-*"))
+    r = run(LXC_CR, "virsh", "save", name, img)
+    assert r.returncode == 0, r.stderr
+    at = count()
+    r = run(LXC_CR, "virsh", "restore", img)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: count() > at, what="the counter after save and restore")
