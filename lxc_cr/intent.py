@@ -351,6 +351,7 @@ def _start_watchdog(rec: Intent) -> int:
 
 def _watchdog(rec: Intent, r: int) -> None:
     """The detached watchdog: only ``r`` (and 0-2 on /dev/null) stays open."""
+    os.chdir("/")                         # keep no mount busy
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
