@@ -207,7 +207,9 @@ def _diag(ctx, host_pid: int) -> dict[int, dict]:
     if netns not in cache:
         from lxc_cr.resources.namespaces import run_in
         cache[netns] = run_in(host_pid, ("net",), _diag_all)
-    return {**cache[mine], **cache[netns]}
+    if ("merged", netns) not in cache:
+        cache[("merged", netns)] = {**cache[mine], **cache[netns]}
+    return cache[("merged", netns)]
 
 
 def _peers(ctx, host_pid: int) -> dict[int, int]:
