@@ -8,7 +8,6 @@ environment."""
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
@@ -145,10 +144,13 @@ def test_failed_resume_kills_container_and_keeps_image_pending(lxc_container, st
     d = state / "ckpt"
     checkpoint_stop(ct, d, least=5)
     image = d / "lxc-cr.img"
-    with open(image, "r+b") as f:          # corrupt page data: found by the full verify
-        f.seek(image.stat().st_size // 2)
+    from lxc_cr.image.reader import ImageReader
+    with ImageReader(str(image)) as r:     # the first page block: its crc32 is checked only
+        block = next(iter(r.records("pages")))[1].block    # by the restore's full verify
+    with open(image, "r+b") as f:
+        f.seek(block.offset)
         b = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
+        f.seek(block.offset)
         f.write(bytes([b[0] ^ 0xFF]))
     lxc_cr("hooks", "install", "--container", ct.name, "-P", ct.lxcpath)
     r = run("lxc-start", "-n", ct.name, "-P", ct.lxcpath, "-d")
