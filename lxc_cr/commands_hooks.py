@@ -174,8 +174,9 @@ def status_lxc(lxcpath: str | None = None) -> list[str]:
     for r in records:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("created") or 0))
         where = f" (lxcpath {r['lxcpath']})" if r.get("lxcpath") else ""
+        gone = "" if os.path.exists(r["image"]) else ", image missing"
         out.append(f"pending image: {r.get('kind')} {r.get('name')}{where}: {r['image']} "
-                   f"(since {when})")
+                   f"(since {when}{gone})")
     if not records:
         out.append(f"pending images: none ({pending.pending_dir()})")
     return out
