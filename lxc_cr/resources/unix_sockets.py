@@ -322,9 +322,15 @@ def check(ctx, task, d) -> list:
     return [got] if isinstance(got, Unsupported) else []
 
 
+class FdsInFlight(Exception):
+    """Queued data carries file descriptors (SCM_RIGHTS), which a refill cannot resend."""
+
+
 def _peek_queue(host_pid: int, fd: int, typ: int, senders: bool = False) -> list:
-    """Everything queued on the socket, without consuming it (SO_PEEK_OFF + MSG_PEEK);
-    with ``senders``, (sender name, datagram) items."""
+    """Everything queued on the socket, without consuming it (SO_PEEK_OFF + MSG_PEEK; only
+    on a frozen tree: a peek offset would shift the task's own MSG_PEEKs); with
+    ``senders``, (sender name, datagram) items.  FdsInFlight if a message carries fds (the
+    peek hands us copies, closed at once)."""
     from lxc_cr.resources import files
     s = socket.socket(fileno=files.getfd(host_pid, fd))
     try:
@@ -333,9 +339,18 @@ def _peek_queue(host_pid: int, fd: int, typ: int, senders: bool = False) -> list
         try:
             while True:
                 try:
-                    data, addr = s.recvfrom(1 << 20, MSG_PEEK | MSG_DONTWAIT)
+                    data, anc, _flags, addr = s.recvmsg(
+                        1 << 20, socket.CMSG_SPACE(253 * 4),
+                        MSG_PEEK | MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
                 except BlockingIOError:
                     break
+                passed = [fd for level, kind, raw in anc
+                          if level == SOL_SOCKET and kind == socket.SCM_RIGHTS
+                          for (fd,) in struct.iter_unpack("i", raw[:len(raw) // 4 * 4])]
+                for f in passed:
+                    os.close(f)
+                if passed:
+                    raise FdsInFlight(len(passed))
                 if not data:
                     break
                 out.append((_name(addr), data) if senders else data)
@@ -357,6 +372,14 @@ def dump(ctx, task, d, file_id) -> None:
     if isinstance(got, Unsupported):
         raise got
     role, peer = got
+    try:
+        _dump_records(ctx, task, d, file_id, info, role, peer)
+    except FdsInFlight as e:
+        raise Unsupported(task.host_pid, task.stat.comm, f"unix socket with {e.args[0]} file "
+                          f"descriptors in flight (SCM_RIGHTS) in its queue", fd=d.fd) from None
+
+
+def _dump_records(ctx, task, d, file_id, info: dict, role: str, peer: int) -> None:
     typ = info["type"]
     shut = (_diag(ctx, task.host_pid).get(d.ino) or {}).get("shutdown", 0)
     if shut and role not in ("plain", "closed"):

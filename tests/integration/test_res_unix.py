@@ -11,6 +11,7 @@
   at the restore, its numbered exchange continues; refused while a record is in flight;
 - ends whose peer closed (a socketpair, a client of a server that closed) keep their data
   and then EOF; a seqpacket pair half shut down (SHUT_WR) stays so;
+- a queue holding file descriptors (SCM_RIGHTS) is refused, and the tree runs on;
 - a glibc syslog() client connected to busybox syslogd's /dev/log in an LXC container:
   after ``lxc-cr lxc checkpoint --stop`` + ``lxc restore`` every numbered message is in
   /var/log/messages once, in order.
@@ -30,8 +31,8 @@ from pathlib import Path
 import pytest
 
 from treeutil import (LXC_CR, UNSUPPORTED_RE, all_pids_with_exe, assert_continued,
-                      assert_one_error_line, build, dump_kill, harness_fixture, read_state,
-                      wait_for, wait_state)
+                      assert_one_error_line, assert_running_untraced, build, dump_kill,
+                      harness_fixture, read_state, wait_for, wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +73,23 @@ def test_closed_peers_and_shutdown_survive(tree):
     assert after["got"] == f"last-words,EOF,bye,EOF,m1,m2,EOF,r1,peer={d / 'shut.sock'}"
     assert after["result"] == "ok"
     assert_continued(before, after)
+
+
+def test_fds_in_flight_refused_and_tree_resumes(tree):
+    binary = build("res_unixpair")
+    d = tree.dir("unixfds")
+    st = d / "state"
+    wl = tree.launch([binary, st, d / "go", "fds"],
+                     ready=lambda: int(read_state(st).get("counter", 0)) >= 3)
+    res = tree.cli("tree", "dump", wl.root, d / "img")
+    assert res.rc == 1, res.describe()
+    m = UNSUPPORTED_RE.search(assert_one_error_line(res))
+    assert m and int(m.group(3)) == int(read_state(st)["fd"]), res.describe()
+    assert "file descriptors in flight (SCM_RIGHTS)" in m.group(4)
+    assert not (d / "img").exists()
+    before = read_state(st)
+    assert_running_untraced(wl.root)
+    wait_state(st, progressed(before, "counter", 5), "the tree to run on after the refusal")
 
 
 def records(image, section: str) -> list[dict]:

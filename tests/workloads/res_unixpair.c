@@ -1,9 +1,11 @@
 /* Socketpairs with unread data: a stream pair with bytes queued on both ends and a
  * datagram pair with three datagrams queued on one end.
  *
- * usage: res_unixpair STATE GO
+ * usage: res_unixpair STATE GO [fds]
  * Until the file GO exists it only counts; then it reads every queued item once and
- * reports what it got.  STATE: boot= counter= result=waiting|ok|bad got=...
+ * reports what it got.  STATE: boot= counter= result=waiting|ok|bad got=... fd=
+ * With "fds", one more datagram carrying an fd (SCM_RIGHTS) is queued on the datagram
+ * pair's receiving end, whose number is reported as fd=.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -25,6 +27,19 @@ int main(int argc, char **argv)
 		return 2;
 	if (write(s[0], "hello-stream", 12) != 12 || write(s[1], "back", 4) != 4)
 		return 2;
+	if (argc > 3 && !strcmp(argv[3], "fds")) {
+		char cbuf[CMSG_SPACE(sizeof(int))];
+		struct iovec iov = { "f", 1 };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+				     .msg_controllen = sizeof cbuf };
+		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &s[0], sizeof(int));
+		if (sendmsg(d[0], &mh, 0) != 1)
+			return 2;
+	}
 	for (int i = 0; i < 3; i++) {
 		char m[8];
 		int n = snprintf(m, sizeof m, "d%d", i + 1);
@@ -47,8 +62,8 @@ int main(int argc, char **argv)
 			snprintf(got, sizeof got, "%s|%s|%s,%s,%s", r1, r2, dg[0], dg[1], dg[2]);
 			result = ok ? "ok" : "bad";
 		}
-		snprintf(body, sizeof body, "boot=%llu\ncounter=%llu\nresult=%s\ngot=%s\n",
-			 (unsigned long long)boot, (unsigned long long)counter, result, got);
+		snprintf(body, sizeof body, "boot=%llu\ncounter=%llu\nresult=%s\ngot=%s\nfd=%d\n",
+			 (unsigned long long)boot, (unsigned long long)counter, result, got, d[1]);
 		put_state(argv[1], body);
 		struct timespec ts = { 0, 5000000 };
 		nanosleep(&ts, 0);
