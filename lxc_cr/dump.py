@@ -459,6 +459,7 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
         faults.step("dump", "verified")
         held.end()              # the image is complete: a crash from here on loses nothing
         if not leave_running:
+            tcp_established_mod.silence(ctx)    # repair mode: the kill sends no FIN/RST
             for t in tasks:
                 try:
                     os.kill(t.host_pid, signal.SIGKILL)

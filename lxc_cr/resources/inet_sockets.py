@@ -33,7 +33,7 @@ import construct as cs
 
 from lxc_cr.errors import RestoreFailed, Unsupported
 from lxc_cr.image.kinds import record_kind
-from lxc_cr.resources import tcp_established
+from lxc_cr.resources import tcp_established, tcp_lock
 from lxc_cr.resources.records_common import Str
 
 KINDS = ("tcp socket", "udp socket")
@@ -110,7 +110,7 @@ def _problem(task, fd: int, i: dict, established_ok: bool = False) -> list:
     here = _fmt(i["family"], i["addr"], i["port"])
     if i["type"] == socket.SOCK_STREAM:
         state = i["state"]
-        if state == TCP_ESTABLISHED and established_ok and not tcp_established.lock_available():
+        if state == TCP_ESTABLISHED and established_ok and not tcp_lock.lock_available():
             there = _fmt(i["family"], i["peer_addr"], i["peer_port"])
             return [Unsupported(task.host_pid, comm, f"tcp connection {here} -> {there}", fd=fd,
                                 reason="not supported (--tcp-established needs nft and "

@@ -5,7 +5,7 @@ kind stays ``tcp socket`` (classified and dispatched by ``inet_sockets``, which 
 ESTABLISHED socket to this module).
 
 Network lock: before the first snapshot of a connection, an nft table in its net namespace
-drops its packets both ways (``NetLock``), so the two ends cannot move on between their
+drops its packets both ways (``tcp_lock.NetLock``), so the two ends cannot move on between their
 snapshots (a delayed ACK, a Nagle-held segment) and nothing the kernel receives meanwhile is
 lost.  It is lifted when the dump ends, except, after the kill, in a namespace where only one
 end of a connection was dumped: there it keeps dropping the outside peer's packets (which
@@ -28,9 +28,12 @@ whatever the task's credentials), while the tree is frozen:
   getsockopt(TCP_TIMESTAMP)            the timestamp clock (tsval) of the connection
   getsockopt(TCP_REPAIR_WINDOW)        struct tcp_repair_window {u32 snd_wl1, snd_wnd,
                                        max_window, rcv_wnd, rcv_wup}
-The socket stays in repair mode until the tree is killed; with ``--leave-running`` or on any
-failure of the dump, ``resume(ctx)`` switches repair off again (and puts SO_REUSEADDR back:
-leaving repair mode resets sk_reuse) before the tasks are let go.
+Repair mode is left again right after the snapshot (the lock keeps the connection still),
+so a dumper that dies leaves working sockets; ``silence(ctx)`` switches it on again for every
+connection just before the kill, so the closing sockets send no FIN/RST.  With
+``--leave-running`` or on any failure of the dump, ``resume(ctx)`` makes sure repair is off
+(and SO_REUSEADDR back: leaving repair mode resets sk_reuse) and lifts the locks before the
+tasks are let go.
 
 Restore: ``socket()`` is injected into the task (its net namespace), then the restorer works
 on a pidfd_getfd copy: TCP_REPAIR 1 (which also lets bind() share the port of a listener,
@@ -51,16 +54,14 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import socket
 import struct
-import subprocess
-import time
 
 import construct as cs
 
 from lxc_cr.errors import KernelError, OperationFailed, RestoreFailed, Unsupported
 from lxc_cr.image.kinds import record_kind
+from lxc_cr.resources import tcp_lock
 from lxc_cr.resources.records_common import Blob, Str
 
 IPPROTO_TCP, SOL_SOCKET, SO_REUSEADDR, SO_REUSEPORT = 6, 1, 2, 15
@@ -70,7 +71,7 @@ TCP_NODELAY, TCP_MAXSEG, TCP_INFO = 1, 2, 11
 TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ, TCP_REPAIR_OPTIONS = 19, 20, 21, 22
 TCP_TIMESTAMP, TCP_REPAIR_WINDOW = 24, 29
 TCP_NO_QUEUE, TCP_RECV_QUEUE, TCP_SEND_QUEUE = 0, 1, 2
-TCP_REPAIR_OFF, TCP_REPAIR_ON = 0, 1
+TCP_REPAIR_OFF_NO_WP, TCP_REPAIR_OFF, TCP_REPAIR_ON = -1, 0, 1
 TCPOPT_MAXSEG, TCPOPT_WINDOW, TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP = 2, 3, 4, 8
 TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 1, 2, 4
 SIOCINQ, SIOCOUTQ = 0x541B, 0x5411
@@ -111,85 +112,24 @@ TCP_CONNECTION = record_kind(0x0358, "tcp_connection", cs.Struct(
 
 
 class _Repaired:
-    """A socket of the tree held by lxc-cr in repair mode (our pidfd_getfd copy)."""
+    """A socket of the tree held by lxc-cr (our pidfd_getfd copy), in repair mode or not."""
 
     def __init__(self, sock: socket.socket, reuseaddr: bool, pid: int, fd: int):
         self.sock, self.reuseaddr, self.pid, self.fd = sock, reuseaddr, pid, fd
+        self.on = True
 
-    def repair_off(self) -> None:
-        self.sock.setsockopt(IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF)
+    def repair_on(self) -> None:
+        self.sock.setsockopt(IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON)
+        self.on = True
+
+    def repair_off(self, probe: bool = True) -> None:
+        """Leave repair mode; ``probe``: send a window probe (the peer answers with its
+        window), not wanted while the connection is locked."""
+        self.sock.setsockopt(IPPROTO_TCP, TCP_REPAIR,
+                             TCP_REPAIR_OFF if probe else TCP_REPAIR_OFF_NO_WP)
+        self.on = False
         if self.reuseaddr:                      # leaving repair mode resets sk_reuse
             self.sock.setsockopt(SOL_SOCKET, SO_REUSEADDR, 1)
-
-
-class NetLock:
-    """The network lock of one net namespace: an nft table (family inet) whose input and
-    output chains (priority -300) drop the packets of each connection being dumped, so
-    neither end changes between the snapshots of both, and a peer outside the tree gets
-    no reset while the tree is down.  Run by ``nft`` inside the namespace (nsenter on a
-    namespace fd we hold, so it outlives the tree's tasks)."""
-
-    def __init__(self, host_pid: int, table: str):
-        self.table = table
-        self.ns_fd = os.open(f"/proc/{host_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        self.ends: dict[frozenset, int] = {}     # connection -> ends of it dumped here
-        self.made = False
-
-    def nft(self, script: str) -> None:
-        try:
-            r = subprocess.run(["nsenter", f"--net=/proc/self/fd/{self.ns_fd}", "nft", "-f",
-                                "-"], input=script, capture_output=True, text=True,
-                               pass_fds=(self.ns_fd,), timeout=60, check=False)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise OperationFailed(f"network lock: nft: {e}") from None
-        if r.returncode:
-            raise OperationFailed(f"network lock: nft: {r.stderr.strip() or r.returncode}")
-
-    def add(self, laddr: str, lport: int, raddr: str, rport: int) -> None:
-        key = frozenset(((laddr, lport), (raddr, rport)))
-        self.ends[key] = self.ends.get(key, 0) + 1
-        if self.ends[key] > 1:
-            return                       # the other end of a connection already locked
-        t = f"inet {self.table}"
-        lines = [] if self.made else [
-            f"add table {t}",
-            f"add chain {t} input {{ type filter hook input priority -300 ; }}",
-            f"add chain {t} output {{ type filter hook output priority -300 ; }}"]
-        ip = "ip6" if ":" in laddr.removeprefix("::ffff:") else "ip"
-        la, ra = (a.removeprefix("::ffff:") if ip == "ip" else a for a in (laddr, raddr))
-        lines += [f"add rule {t} input {ip} saddr {ra} {ip} daddr {la} "
-                  f"tcp sport {rport} tcp dport {lport} drop",
-                  f"add rule {t} output {ip} saddr {la} {ip} daddr {ra} "
-                  f"tcp sport {lport} tcp dport {rport} drop"]
-        self.nft("\n".join(lines) + "\n")
-        self.made = True
-
-    @property
-    def external(self) -> bool:
-        """A connection of which only one end was dumped here (its peer is elsewhere)."""
-        return any(n == 1 for n in self.ends.values())
-
-    def close(self, keep: bool) -> None:
-        try:
-            if self.made and not keep:
-                self.nft(f"delete table inet {self.table}\n")
-        except OperationFailed:
-            pass                         # e.g. the namespace's last process is gone
-        finally:
-            os.close(self.ns_fd)
-
-
-def lock_available() -> bool:
-    return shutil.which("nft") is not None and shutil.which("nsenter") is not None
-
-
-def _lock(ctx, host_pid: int) -> NetLock:
-    """The network lock of the task's net namespace (one table per namespace and dump)."""
-    locks = ctx.__dict__.setdefault("tcp_locks", {})
-    ino = os.stat(f"/proc/{host_pid}/ns/net").st_ino
-    if ino not in locks:
-        locks[ino] = NetLock(host_pid, f"lxc_cr_tcp_{os.getpid()}_{time.time_ns() // 1000}")
-    return locks[ino]
 
 
 def _held(ctx) -> list:
@@ -222,8 +162,9 @@ def dump(ctx, task, d, file_id: int, info: dict) -> None:
     """Put the connection in repair mode (until kill or ``resume``) and record it."""
     from lxc_cr.resources import files
     pid = task.host_pid
-    lock = _lock(ctx, pid)
+    lock = tcp_lock.lock(ctx, pid)
     lock.add(info["addr"], info["port"], info["peer_addr"], info["peer_port"])
+    tcp_lock.watchdog(ctx).tell(f"sock {pid} {d.fd} {int(info['reuseaddr'])}")
     s = socket.socket(fileno=files.getfd(pid, d.fd))
     nodelay = bool(s.getsockopt(IPPROTO_TCP, TCP_NODELAY))
     try:
@@ -232,7 +173,8 @@ def dump(ctx, task, d, file_id: int, info: dict) -> None:
         s.close()
         raise KernelError("setsockopt(TCP_REPAIR)", e.errno or 0, pid=pid,
                           detail=f"fd {d.fd}") from None
-    _held(ctx).append(_Repaired(s, info["reuseaddr"], pid, d.fd))
+    held = _Repaired(s, info["reuseaddr"], pid, d.fd)
+    _held(ctx).append(held)
     ti = s.getsockopt(IPPROTO_TCP, TCP_INFO, 104)
     if ti[0] != TCP_ESTABLISHED:       # it changed between the check and the freeze
         from lxc_cr.resources.inet_sockets import TCP_STATES
@@ -263,16 +205,31 @@ def dump(ctx, task, d, file_id: int, info: dict) -> None:
         timestamp=s.getsockopt(IPPROTO_TCP, TCP_TIMESTAMP) & 0xFFFFFFFF,
         snd_wl1=win[0], snd_wnd=win[1], max_window=win[2], rcv_wnd=win[3], rcv_wup=win[4],
         net_lock=lock.table))
+    # out of repair mode until the kill (``silence``): a dumper that dies meanwhile leaves
+    # the task a working socket (the lock keeps the connection still, the watchdog lifts it)
+    held.repair_off(probe=False)
+
+
+def silence(ctx) -> None:
+    """Just before the kill: every dumped connection back in repair mode, so the closing
+    sockets send nothing (no FIN, no RST).  A failure here fails the dump (not killed)."""
+    for r in _held(ctx):
+        try:
+            r.repair_on()
+        except OSError as e:
+            raise KernelError("setsockopt(TCP_REPAIR)", e.errno or 0, pid=r.pid,
+                              detail=f"fd {r.fd}") from None
 
 
 def resume(ctx) -> None:
     """The dump will not kill the tree (``--leave-running`` or a failure): switch repair
-    off on every connection put in repair mode, so each works as before.  Runs on the
-    failure paths too, so it never raises: a socket that cannot leave repair mode (which
-    needs nothing but the CAP_NET_ADMIN that put it there) is left as it is."""
+    off on every connection still in repair mode, lift the locks, so each works as before.
+    Runs on the failure paths too, so it never raises: a socket that cannot leave repair
+    mode (which needs nothing but the CAP_NET_ADMIN that put it there) is left as it is."""
     for r in _held(ctx):
         try:
-            r.repair_off()
+            if r.on:
+                r.repair_off()
         except OSError:
             pass
     _close(ctx, killed=False)
@@ -289,9 +246,7 @@ def _close(ctx, killed: bool) -> None:
     for r in _held(ctx):
         r.sock.close()
     ctx.tcp_repair = []
-    for lock in ctx.__dict__.get("tcp_locks", {}).values():
-        lock.close(keep=killed and lock.external)
-    ctx.tcp_locks = {}
+    tcp_lock.unlock(ctx, killed)
 
 
 # --- restore --------------------------------------------------------------------------------
@@ -394,7 +349,7 @@ def _unlock_restored(ctx) -> None:
         if ino in done:
             continue
         done.add(ino)
-        lock = NetLock(r.pid, "")
+        lock = tcp_lock.NetLock(r.pid, "")
         try:
             for table in tables:
                 try:

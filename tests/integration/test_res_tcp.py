@@ -302,3 +302,42 @@ def test_lxc_container_connection_survives(lxc_container, tmp_path):
     progressed(cst, c0, 50, "client in the restored container")
     answer = ask(ct.init_pid(), "127.0.0.1")
     assert answer == {"counter": "2", "boot": s0["boot"]}, answer
+
+
+def test_dumper_killed_mid_dump_leaves_connections_working(tree):
+    """lxc-cr SIGKILLed while the connections are in repair mode and locked (held after the
+    image is written): its watchdog switches repair off and lifts the lock, and the stream
+    goes on once the kernel has detached the tree."""
+    wl, d, st, cst = start(tree, "tcp-crash")
+    trace = d / "trace"
+    tree.dump(wl.root, d / "img", "--tcp-established", "--leave-running",
+              env={"LXC_CR_FAULT_TRACE": str(trace)})
+    os.unlink(d / "img")
+    n = next(n for n, name in trace_steps(trace, "dump") if name == "written")
+    trace.unlink()
+    env = dict(os.environ, LXC_CR_FAULT_HOLD=f"dump:{n}", LXC_CR_FAULT_TRACE=str(trace))
+    env.pop("LXC_CR_FAULT", None)
+    with open(d / "cli.out", "w") as out:
+        cli = subprocess.Popen([LXC_CR, "tree", "dump", str(wl.root), str(d / "img"),
+                                "--tcp-established"], stdin=subprocess.DEVNULL, stdout=out,
+                               stderr=out, env=env)
+    try:
+        wait_for(lambda: trace.exists() and any(
+            name == "written" for _, name in trace_steps(trace, "dump")),
+            "the dump to hold after writing the image", timeout=60)
+        watchdogs = [p for p in children(cli.pid)
+                     if b"lxc_cr.resources.tcp_lock" in open(f"/proc/{p}/cmdline", "rb").read()]
+        assert len(watchdogs) == 1, f"no tcp watchdog among {children(cli.pid)}"
+        s0, c0 = read_state(st), read_state(cst)
+    finally:
+        cli.kill()
+        cli.wait()
+    # the watchdog, orphaned to us (the harness is a child subreaper), acts and exits
+    wait_for(lambda: os.waitpid(watchdogs[0], os.WNOHANG)[0] == watchdogs[0],
+             "the watchdog to finish", timeout=60)
+    progressed(st, s0, 20, "server after the dumper died")
+    progressed(cst, c0, 20, "client after the dumper died")
+    tables = subprocess.run(["nsenter", "-t", str(wl.root), "-n", "nft", "list", "tables"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "lxc_cr_tcp" not in tables, tables
+    assert_running_untraced(wl.root)
