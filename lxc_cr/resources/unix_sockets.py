@@ -581,8 +581,9 @@ def _closed(typ: int, name: str, passcred: bool, peer_name: str, listener, queue
 
 def _build_in_ns(steps: list, shutdowns: dict, chan_fd: int) -> str:
     """Run in the helper, inside the init's net and mount namespaces: make every socket
-    of ``steps`` ((cwd, step) pairs: relative names resolve from cwd) and send them back over ``chan_fd`` ((file_id, fd) batches).  Returns ""
-    or the first failure, naming the socket."""
+    of ``steps`` ((cwd, step) pairs: relative names resolve from cwd), apply
+    ``shutdowns`` and send them back over ``chan_fd`` ((file_id, fd) batches).  Returns
+    "" or the first failure, naming the socket."""
     made: dict[int, socket.socket] = {}
     what = ""
     try:
@@ -592,8 +593,8 @@ def _build_in_ns(steps: list, shutdowns: dict, chan_fd: int) -> str:
             except OSError:
                 os.chdir("/")
             kind = step[0]
-            what = f"{kind} {step[1:3] if kind != 'conn' else step[3][1]}"
             if kind == "pair":
+                what = f"{TYPE_NAMES.get(step[1])} socketpair"
                 _, typ, (fa, qa), (fb, qb) = step
                 sa, sb = socket.socketpair(socket.AF_UNIX, typ)
                 made[fa], made[fb] = sa, sb
