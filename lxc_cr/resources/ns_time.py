@@ -15,10 +15,12 @@ checkpoint value (the time the tree did not exist is not counted, as CRIU does).
 The vdso of a task in a time namespace reads the namespace's page of the vvar mapping
 (the kernel swaps it in at fault time, also after the mremap the memory restore does).
 
-A manager's container (LXC, libvirt) is taken over after the manager created its init, in
-the time namespace it chose: an own time namespace is refused there (check), and a
-takeover restore of an image recording one fails unless the init's offsets already are
-the recorded ones.
+A manager's container is taken over after the manager created its init, in the time
+namespace it chose.  LXC makes one from ``lxc.time.offset.monotonic`` / ``.boot`` in the
+container's config (which travels in the image): a takeover restore checks that the init's
+offsets are the recorded ones and fails naming both otherwise.  libvirt's LXC driver has
+no time namespaces: an own one there (``container=lxc-libvirt`` in the init's environment)
+is refused by check.
 """
 
 from __future__ import annotations
@@ -68,11 +70,22 @@ def _offsets(pid) -> dict[str, tuple[int, int]]:
 
 
 def check(root, managed: bool) -> list[Unsupported]:
-    if managed:
+    if managed and _manager(root.host_pid) == "lxc-libvirt":
         return [Unsupported(root.host_pid, root.stat.comm, "time namespace",
-                            reason="not supported in an LXC or libvirt container (its "
-                                   "manager creates the init outside it)")]
+                            reason="not supported in a libvirt container (libvirt "
+                                   "creates the init outside it)")]
     return []
+
+
+def _manager(pid: int) -> str:
+    """``container=`` of the init's environment (lxc, lxc-libvirt), "" if unreadable."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read().split(b"\0")
+    except OSError:
+        return ""
+    return next((e[10:].decode(errors="replace") for e in env if e.startswith(b"container=")),
+                "")
 
 
 def dump(ctx, root) -> None:
@@ -133,5 +146,5 @@ def check_takeover(records, init_pid: int) -> None:
     want = {str(r.clock): (r.offset_sec, r.offset_nsec) for r in records.get("timens", ())}
     if want and _offsets(init_pid) != want:
         raise RestoreFailed("time namespace: the image records clock offsets "
-                            f"{want}, the container's init has {_offsets(init_pid)}: "
-                            "not supported")
+                            f"{want}, the container's init has {_offsets(init_pid)} (its "
+                            "manager's configuration differs): not supported")

@@ -220,32 +220,64 @@ def _counter_pid(init: int) -> int:
     raise AssertionError("no counter shell in the container")
 
 
+def _lxc_counter(lxc_container, label: str, config: str = ""):
+    """A started busybox container running syslogd and a counter shell (rcS of
+    test_lxc_checkpoint), ``config`` lines appended to its config; (container, counter)."""
+    ct = lxc_container(label)
+    if config:
+        with open(Path(ct.lxcpath) / ct.name / "config", "a") as f:
+            f.write(config)
+    root = Path(ct.lxcpath) / ct.name / "rootfs"
+    (root / "etc" / "init.d" / "rcS").write_text(RCS)
+    ct.start()
+    counter = root / "tmp" / "counter"
+    wait_for(lambda: counter.exists() and counter.read_text().strip(), "the counter")
+    return ct, counter
+
+
+def _lxc_stop_restore(ct, counter: Path, d: Path) -> None:
+    """``lxc checkpoint --stop`` then ``lxc restore``; the counter goes on."""
+    for argv in (["checkpoint", ct.name, d, "--stop"], ["restore", ct.name, d]):
+        r = subprocess.run([LXC_CR, "lxc", *argv, "-P", ct.lxcpath], capture_output=True,
+                           text=True, stdin=subprocess.DEVNULL, timeout=120)
+        assert r.returncode == 0, f"lxc {argv[0]}: {r.stderr}"
+        if argv[0] == "checkpoint":
+            at_ck = int(counter.read_text().strip() or 0)
+    wait_for(lambda: int(counter.read_text().strip() or 0) > at_ck, "the counter to go on")
+
+
 def test_lxc_container_sub_cgroup(lxc_container, tmp_path):
     """In an LXC container, a process moved to a sub-cgroup of the container's pids cgroup
     (pids.max 50) is there again after ``lxc checkpoint --stop`` + ``lxc restore``, below
     the cgroup LXC made for the restored container."""
-    ct = lxc_container("cg")
-    root = Path(ct.lxcpath) / ct.name / "rootfs"
-    (root / "etc" / "init.d" / "rcS").write_text(RCS)    # syslogd, counter shell
-    ct.start()
-    counter = root / "tmp" / "counter"
-    wait_for(lambda: counter.exists() and counter.read_text().strip(), "the counter")
+    ct, counter = _lxc_counter(lxc_container, "cg")
     init = ct.init_pid()
     base = Path(HIERARCHIES["pids"] + _cgroup_paths(init)["pids"])
     (base / "sub").mkdir()
     (base / "sub" / "pids.max").write_text("50")
     (base / "sub" / "cgroup.procs").write_text(str(_counter_pid(init)))
-    d = tmp_path / "ckpt"
-    r = subprocess.run([LXC_CR, "lxc", "checkpoint", ct.name, d, "--stop", "-P", ct.lxcpath],
-                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
-    assert r.returncode == 0, r.stderr
-    at_ck = int(counter.read_text().strip() or 0)
-    r = subprocess.run([LXC_CR, "lxc", "restore", ct.name, d, "-P", ct.lxcpath],
-                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
-    assert r.returncode == 0, r.stderr
-    wait_for(lambda: int(counter.read_text().strip() or 0) > at_ck, "the counter to go on")
+    _lxc_stop_restore(ct, counter, tmp_path / "ckpt")
     init = ct.init_pid()
     new_base = _cgroup_paths(init)["pids"]
     assert _cgroup_paths(_counter_pid(init))["pids"] == f"{new_base}/sub"
     assert Path(f"{HIERARCHIES['pids']}{new_base}/sub/pids.max").read_text().strip() == "50"
+    ct.stop()
+
+
+def test_lxc_container_time_namespace(lxc_container, tmp_path):
+    """An LXC container in its own time namespace (lxc.time.offset.*): checkpointed, and
+    restored into the time namespace LXC makes again from the same configuration."""
+    ct, counter = _lxc_counter(lxc_container, "time", f"lxc.time.offset.monotonic = "
+                               f"{MONO_OFF}s\nlxc.time.offset.boot = {BOOT_OFF}s\n")
+    want = {"monotonic": (MONO_OFF, 0), "boottime": (BOOT_OFF, 0)}
+    assert _offsets(ct.init_pid()) == want
+    _lxc_stop_restore(ct, counter, tmp_path / "ckpt")
+    init = ct.init_pid()
+    assert _offsets(init) == want
+    for p in tree_pids(init):
+        assert os.readlink(f"/proc/{p}/ns/time") == os.readlink(f"/proc/{init}/ns/time")
+    r = ct.attach("cat", "/proc/uptime")                 # boottime, in the namespace
+    assert r.returncode == 0, r.stderr
+    host_up = float(Path("/proc/uptime").read_text().split()[0])
+    assert float(r.stdout.split()[0]) >= host_up + BOOT_OFF - 60, r.stdout
     ct.stop()
