@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = v.add_mutually_exclusive_group()
     g.add_argument("--running", action="store_true")
     g.add_argument("--paused", action="store_true")
+    v.add_argument("--tcp-established", action="store_true",
+                   help="checkpoint established TCP connections (TCP_REPAIR)")
     _add_encrypt(v)
     v = vparser("restore", "restore a domain from FILE")
     v.add_argument("file", metavar="FILE")

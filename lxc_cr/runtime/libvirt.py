@@ -103,15 +103,16 @@ def managed_path(name: str) -> str:
 # --- save ---------------------------------------------------------------------------------
 
 def save(name: str, path: str, uri: str | None = None, verbose: bool = False,
-         after: str | None = None, key: bytes | None = None) -> dict:
+         after: str | None = None, key: bytes | None = None,
+         tcp_established: bool = False) -> dict:
     """``after``: "running" or "paused", recorded for a later restore (virsh save
     --running/--paused); None leaves the choice to the restore.  ``key``: encrypt."""
     from lxc_cr.locking import container_lock
     with container_lock("libvirt", name, "save"):
-        return _save(name, path, uri, verbose, after, key)
+        return _save(name, path, uri, verbose, after, key, tcp_established)
 
 
-def _save(name, path, uri, verbose, after, key=None) -> dict:
+def _save(name, path, uri, verbose, after, key=None, tcp_established=False) -> dict:
     from lxc_cr.dump import dump_tree
     from lxc_cr.kernel.cgroup import Freezer
     from lxc_cr.runtime.records import RESTORE_STATE, SOURCE_CONFIG
@@ -124,6 +125,7 @@ def _save(name, path, uri, verbose, after, key=None) -> dict:
     xml = dom.XMLDesc(0)
     progress = _progress_printer() if verbose else None
     stats = dump_tree(pid, path, leave_running=False, source_kind="libvirt", key=key,
+                      tcp_established=tcp_established,
                       source_name=name, freezer=Freezer(pid), progress=progress,
                       extra_records=[(SOURCE_CONFIG, dict(kind="libvirt", name=name,
                                                            lxcpath=uri or DEFAULT_URI,
@@ -331,7 +333,8 @@ def run(args) -> int:
     if cmd == "save":
         after = "paused" if args.paused else "running" if args.running else None
         save(args.domain, args.file, uri=uri, verbose=args.verbose, after=after,
-             key=security_options(args, "encrypt")["key"])
+             key=security_options(args, "encrypt")["key"],
+             tcp_established=getattr(args, "tcp_established", False))
         print(f"\nDomain '{args.domain}' saved to {args.file}\n")
     elif cmd == "restore":
         restore(args.file, uri=uri, paused=args.paused, running=args.running,

@@ -341,3 +341,31 @@ def test_dumper_killed_mid_dump_leaves_connections_working(tree):
                             capture_output=True, text=True, check=True).stdout
     assert "lxc_cr_tcp" not in tables, tables
     assert_running_untraced(wl.root)
+
+
+def test_libvirt_domain_connection_survives(libvirt_domain, tmp_path):
+    """The server and its client as a libvirt LXC domain (host root, own net namespace):
+    ``lxc-cr virsh save --tcp-established`` + ``virsh restore``, the stream goes on."""
+    from conftest import domain_xml
+    from lxc_cr.runtime.libvirt import _status_init_pid
+    st, cst = tmp_path / "state", tmp_path / "state.client"
+    xml = domain_xml("{name}", init=str(build("res_tcp")), initargs=(str(st),)).replace(
+        "<devices>", "<features><privnet/></features>\n  <devices>")
+    dom = libvirt_domain("tcp", persistent=True, xml=xml)
+    wait_for(lambda: all(p.exists() and int(read_state(p).get("got", 0)) >= 3
+                         for p in (st, cst)), "the stream in the domain", timeout=60)
+    assert ask(_status_init_pid(dom.name(), timeout=10), "127.0.0.1")["counter"] == "1"
+    img = tmp_path / "dom.save"
+    res = subprocess.run([LXC_CR, "virsh", "save", dom.name(), img, "--tcp-established"],
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert res.returncode == 0, res.stderr
+    s0, c0 = read_state(st), read_state(cst)
+    conns = connections_of(img)
+    assert len(conns) == 2 and all(c["rcv_queue"] for c in conns), conns
+    res = subprocess.run([LXC_CR, "virsh", "restore", img], capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, timeout=120)
+    assert res.returncode == 0, res.stderr
+    progressed(st, s0, 50, "server in the restored domain")
+    progressed(cst, c0, 50, "client in the restored domain")
+    answer = ask(_status_init_pid(dom.name(), timeout=10), "127.0.0.1")
+    assert answer == {"counter": "2", "boot": s0["boot"]}, answer
