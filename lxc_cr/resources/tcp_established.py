@@ -162,8 +162,8 @@ def dump(ctx, task, d, file_id: int, info: dict) -> None:
     """Put the connection in repair mode (until kill or ``resume``) and record it."""
     from lxc_cr.resources import files
     pid = task.host_pid
-    lock = tcp_lock.lock(ctx, pid)
-    lock.add(info["addr"], info["port"], info["peer_addr"], info["peer_port"])
+    lock = tcp_lock.cover(ctx, pid, d.ino, info["addr"], info["port"], info["peer_addr"],
+                          info["peer_port"])
     tcp_lock.watchdog(ctx).tell(f"sock {pid} {d.fd} {int(info['reuseaddr'])}")
     s = socket.socket(fileno=files.getfd(pid, d.fd))
     nodelay = bool(s.getsockopt(IPPROTO_TCP, TCP_NODELAY))

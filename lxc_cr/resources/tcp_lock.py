@@ -53,29 +53,42 @@ class NetLock:
         self.table = table
         self.ns_fd = os.open(f"/proc/{host_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self.ends: dict[frozenset, int] = {}     # connection -> ends of it dumped here
+        self.socks: set[int] = set()             # socket inodes counted in ends
+        self.pending: list[str] = []
         self.made = False
 
     def nft(self, script: str) -> None:
         nft(self.ns_fd, script)
 
-    def add(self, laddr: str, lport: int, raddr: str, rport: int) -> None:
+    def add(self, sock_ino: int, laddr: str, lport: int, raddr: str, rport: int) -> None:
+        """Plan the rules of a connection (once per connection, its ends counted once
+        per socket); ``flush`` makes them."""
+        if sock_ino in self.socks:
+            return
+        self.socks.add(sock_ino)
         key = frozenset(((laddr, lport), (raddr, rport)))
         self.ends[key] = self.ends.get(key, 0) + 1
         if self.ends[key] > 1:
             return                       # the other end of a connection already locked
         t = f"inet {self.table}"
-        lines = [] if self.made else [
-            f"add table {t}",
-            f"add chain {t} input {{ type filter hook input priority -300 ; }}",
-            f"add chain {t} output {{ type filter hook output priority -300 ; }}"]
+        if not self.made and not self.pending:
+            self.pending += [
+                f"add table {t}",
+                f"add chain {t} input {{ type filter hook input priority -300 ; }}",
+                f"add chain {t} output {{ type filter hook output priority -300 ; }}"]
         ip = "ip6" if ":" in laddr.removeprefix("::ffff:") else "ip"
         la, ra = (a.removeprefix("::ffff:") if ip == "ip" else a for a in (laddr, raddr))
-        lines += [f"add rule {t} input {ip} saddr {ra} {ip} daddr {la} "
-                  f"tcp sport {rport} tcp dport {lport} drop",
-                  f"add rule {t} output {ip} saddr {la} {ip} daddr {ra} "
-                  f"tcp sport {lport} tcp dport {rport} drop"]
-        self.nft("\n".join(lines) + "\n")
-        self.made = True
+        self.pending += [f"add rule {t} input {ip} saddr {ra} {ip} daddr {la} "
+                         f"tcp sport {rport} tcp dport {lport} drop",
+                         f"add rule {t} output {ip} saddr {la} {ip} daddr {ra} "
+                         f"tcp sport {lport} tcp dport {rport} drop"]
+
+    def flush(self) -> None:
+        """Make the planned rules, in one nft transaction."""
+        if self.pending:
+            script, self.pending = "\n".join(self.pending) + "\n", []
+            self.made = True             # (partly) made: delete it on the way out
+            self.nft(script)
 
     @property
     def external(self) -> bool:
@@ -106,6 +119,40 @@ def lock(ctx, host_pid: int) -> NetLock:
         watchdog(ctx).tell(f"lock {host_pid} {table}")
         locks[ino] = NetLock(host_pid, table)
     return locks[ino]
+
+
+def lock_tree(ctx) -> None:
+    """Once per dump, before the first snapshot: lock every established connection of the
+    frozen tree (``ctx.descs``, host pid -> fds) in one nft transaction per namespace, so
+    none can move while the others are snapshotted."""
+    if ctx.__dict__.get("tcp_tree_locked"):
+        return
+    ctx.tcp_tree_locked = True
+    from lxc_cr.resources.files import getfd
+    for host_pid, descs in (getattr(ctx, "descs", None) or {}).items():
+        for d in descs:
+            if d.kind != "tcp socket":
+                continue
+            try:
+                with socket.socket(fileno=getfd(host_pid, d.fd)) as s:
+                    if s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] != 1:
+                        continue                     # not ESTABLISHED
+                    here, there = s.getsockname(), s.getpeername()
+            except (OSError, OperationFailed):
+                continue                             # dump() finds out, socket by socket
+            lock(ctx, host_pid).add(d.ino, here[0], here[1], there[0], there[1])
+    for lk in ctx.__dict__.get("tcp_locks", {}).values():
+        lk.flush()
+
+
+def cover(ctx, host_pid: int, sock_ino: int, laddr: str, lport: int, raddr: str,
+          rport: int) -> NetLock:
+    """The lock holding this connection (made now if ``lock_tree`` missed it)."""
+    lock_tree(ctx)
+    lk = lock(ctx, host_pid)
+    lk.add(sock_ino, laddr, lport, raddr, rport)
+    lk.flush()
+    return lk
 
 
 def unlock(ctx, killed: bool) -> None:
