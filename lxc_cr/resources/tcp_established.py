@@ -4,18 +4,18 @@ Only with the flag; without it ``inet_sockets`` refuses the connection by name. 
 kind stays ``tcp socket`` (classified and dispatched by ``inet_sockets``, which hands an
 ESTABLISHED socket to this module).
 
-Network lock: before the first snapshot of a connection, an nft table in its net namespace
-drops its packets both ways (``tcp_lock.NetLock``), so the two ends cannot move on between their
-snapshots (a delayed ACK, a Nagle-held segment) and nothing the kernel receives meanwhile is
-lost.  It is lifted when the dump ends, except, after the kill, in a namespace where only one
-end of a connection was dumped: there it keeps dropping the outside peer's packets (which
-would otherwise meet a closed port and be reset) until the restore lifts it, just before the
-restored connections leave repair mode.
+Network lock (``tcp_lock``): before the first snapshot, every established connection of the
+frozen tree is locked, an nft table in each net namespace dropping its packets both ways, so
+the two ends cannot move on between their snapshots (a delayed ACK, a Nagle-held segment)
+and nothing the kernel receives meanwhile is lost.  It is lifted when the dump ends, except,
+after the kill, in a namespace where only one end of a connection was dumped: there it keeps
+dropping the outside peer's packets (which would otherwise meet a closed port and be reset)
+until the restore lifts it, just before the restored connections leave repair mode.  A
+watchdog process undoes repair mode and the lock if lxc-cr dies mid-dump.
 
 Dump, on a copy of the socket taken with pidfd_getfd (so with lxc-cr's own CAP_NET_ADMIN,
 whatever the task's credentials), while the tree is frozen:
-  setsockopt(TCP_REPAIR, 1)            the socket stops talking to its peer: it sends no
-                                       FIN/RST when the killed task closes it
+  setsockopt(TCP_REPAIR, 1)            repair mode: sequence numbers and queues readable
   getsockopt(TCP_INFO)                 tcpi_state (must still be ESTABLISHED),
                                        tcpi_options (TCPI_OPT_TIMESTAMPS 1, SACK 2, WSCALE 4),
                                        tcpi_snd_wscale:4, tcpi_rcv_wscale:4 (byte 6)
@@ -28,9 +28,9 @@ whatever the task's credentials), while the tree is frozen:
   getsockopt(TCP_TIMESTAMP)            the timestamp clock (tsval) of the connection
   getsockopt(TCP_REPAIR_WINDOW)        struct tcp_repair_window {u32 snd_wl1, snd_wnd,
                                        max_window, rcv_wnd, rcv_wup}
-Repair mode is left again right after the snapshot (the lock keeps the connection still),
-so a dumper that dies leaves working sockets; ``silence(ctx)`` switches it on again for every
-connection just before the kill, so the closing sockets send no FIN/RST.  With
+Repair mode is left again right after the snapshot (TCP_REPAIR_OFF_NO_WP: the lock keeps the
+connection still), so a dumper that dies leaves working sockets; ``silence(ctx)`` switches it
+on again for every connection just before the kill, so the closing sockets send no FIN/RST.  With
 ``--leave-running`` or on any failure of the dump, ``resume(ctx)`` makes sure repair is off
 (and SO_REUSEADDR back: leaving repair mode resets sk_reuse) and lifts the locks before the
 tasks are let go.
@@ -38,10 +38,12 @@ tasks are let go.
 Restore: ``socket()`` is injected into the task (its net namespace), then the restorer works
 on a pidfd_getfd copy: TCP_REPAIR 1 (which also lets bind() share the port of a listener,
 SK_FORCE_REUSE), TCP_QUEUE_SEQ of both queues set to their start (end minus queued bytes),
-bind(local), connect(peer) (straight to ESTABLISHED, no SYN), TCP_REPAIR_OPTIONS, TCP_TIMESTAMP,
-the receive queue refilled by send() with TCP_REPAIR_QUEUE=TCP_RECV_QUEUE and the send queue
-by send() with TCP_SEND_QUEUE (restored as sent, not yet acked: retransmitted once the
-connection runs), TCP_REPAIR_WINDOW.  Repair mode is switched off by ``release(ctx)`` once
+bind(local), TCP_MAXSEG for connect() to size its segments (cleared after), connect(peer)
+(straight to ESTABLISHED, no SYN), TCP_REPAIR_OPTIONS, TCP_TIMESTAMP, SO_RCVBUFFORCE /
+SO_SNDBUFFORCE to the recorded sizes when a queue is larger than a fresh buffer, the receive
+queue refilled by send() with TCP_REPAIR_QUEUE=TCP_RECV_QUEUE and the send queue by send()
+with TCP_SEND_QUEUE (restored as sent, not yet acked: retransmitted once the connection
+runs), TCP_REPAIR_WINDOW, TCP_NODELAY.  Repair mode is switched off by ``release(ctx)`` once
 the whole tree is rebuilt, just before its tasks are let go, so both ends of a connection
 inside the tree exist before either sends.
 
