@@ -352,8 +352,18 @@ def test_virsh_save_killed_while_frozen(libvirt_domain, tmp_path):
     it, the domain runs on (libvirt still says running), no image is left, and a save and
     restore afterwards work."""
     from test_libvirt_save import counter_domain, state
+
+    from lxc_cr.errors import OperationFailed
+    from lxc_cr.runtime.libvirt import init_pid
     dom, count = counter_domain(libvirt_domain, tmp_path, "kill")
     name = dom.name()
+
+    def status_names_init() -> int:   # libvirt's status file can say <init pid='0'/> a while
+        try:
+            return init_pid(name)
+        except OperationFailed:
+            return 0
+    wait_for(status_names_init, timeout=90, what="libvirt's status file to name the init")
     img = tmp_path / "dom.save"
     trace = tmp_path / "trace"
     env = dict(os.environ, LXC_CR_FAULT_TRACE=str(trace), LXC_CR_FAULT_HOLD="dump:2")
