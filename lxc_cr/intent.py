@@ -20,8 +20,8 @@ dies instead (SIGKILL, OOM), the intent stays behind, naming what to undo:
 - ``lxc-cr recover`` does the same for every intent whose owner is dead (pid gone or its
   start time differs), and removes stale temporary images (``.NAME.tmp-PID`` of a dead PID)
   in the directories the intents name;
-- every dump and restore first runs that for its own target (``recover_target``), so a
-  retry after a crash just works.
+- every dump and every LXC or libvirt restore first runs that for its own target
+  (``recover_target``), so a retry after a crash just works.
 
 Threads that were only ptrace-stopped need nothing: the kernel detaches them when their
 tracer dies and they run on (the dump keeps their own registers and signal mask in place
@@ -241,8 +241,8 @@ def log(line: str) -> None:
 
 
 def recover_target(kind: str, name: str, out=sys.stderr) -> list[str]:
-    """The cheap part of ``recover`` run by every dump and restore for its own target,
-    before anything else (a cgroup left frozen would stall its checks)."""
+    """The cheap part of ``recover`` run by every dump and LXC or libvirt restore for its
+    own target, before anything else (a cgroup left frozen would stall its checks)."""
     lines = []
     for rec in intents():
         if rec.kind == kind and rec.name == name and not owner_alive(rec):
