@@ -30,7 +30,6 @@ between injected syscalls, see ``dump.GuardedRemote``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -320,15 +319,6 @@ def begin(kind: str, name: str, image: str, freezer=None) -> Held:
             _unlink(rec.path)
             raise OperationFailed(f"cannot start the freezer watchdog: {e.strerror or e}") from None
     return Held(rec, fd)
-
-
-@contextlib.contextmanager
-def guarded(kind: str, name: str, image: str, freezer=None):
-    held = begin(kind, name, image, freezer)
-    try:
-        yield held
-    finally:
-        held.end()
 
 
 def _start_watchdog(rec: Intent) -> int:
