@@ -185,28 +185,26 @@ def thaw(directory: str) -> bool:
 
 def resolve(rec: Intent, who: str) -> list[str]:
     """Undo what the dead owner of ``rec`` left: thaw, remove partial images, drop the
-    intent.  Returns one line per action (also logged)."""
-    lines = []
-
-    def act(what: str) -> None:            # logged at once: the intent goes last
-        line = f"{rec.target}: {what} (dump by pid {rec.owner_pid} died)"
-        log(f"{who}: {line}")
-        lines.append(line)
-
+    intent.  Returns one line per action; logs one line for all of them (before the
+    intent goes, so whoever sees the intent gone finds the log line)."""
+    acts = []
     if rec.freezer and freezer_state(rec.freezer) not in (None, "THAWED") and thaw(rec.freezer):
-        act(f"thawed {rec.freezer}")
+        acts.append(f"thawed {rec.freezer}")
     if rec.temp and _unlink(rec.temp):
-        act(f"removed temporary image {rec.temp}")
+        acts.append(f"removed temporary image {rec.temp}")
     # the dead dump renamed its image into place but did not finish (verify, kill): an
     # unfinished dump leaves no file named IMAGE (an older image it replaced is gone anyway)
     if rec.image and _identity(rec.image) not in (None, rec.image_before) and _unlink(rec.image):
-        act(f"removed unfinished image {rec.image}")
+        acts.append(f"removed unfinished image {rec.image}")
     if rec.image:
-        for what in remove_stale_temps(os.path.dirname(os.path.abspath(rec.image))):
-            act(what)
-    if _unlink(rec.path):
-        act(f"removed intent {rec.path}")
-    return lines
+        acts += remove_stale_temps(os.path.dirname(os.path.abspath(rec.image)))
+    if os.path.exists(rec.path):
+        acts.append(f"removed intent {rec.path}")
+    why = f"(dump by pid {rec.owner_pid} died)"
+    if acts:
+        log(f"{who}: {rec.target}: {'; '.join(acts)} {why}")
+    _unlink(rec.path)
+    return [f"{rec.target}: {a} {why}" for a in acts]
 
 
 def remove_stale_temps(directory: str) -> list[str]:

@@ -99,7 +99,8 @@ def test_recover_removes_what_dead_dumps_left(dirs):
     assert not any(t.exists() for t in temps[:2]) and mine.exists()
     assert not os.listdir(intent.INTENT_DIR)
     log = open(intent.LOG_FILE).read()
-    assert f"recover: tree:{pid}: removed intent" in log
+    line = next(x for x in log.splitlines() if f" recover: tree:{pid}: " in x)
+    assert f"removed temporary image {temps[0]}; " in line and "; removed intent " in line
     out = io.StringIO()
     assert intent.recover(out) == 0 and out.getvalue() == "nothing to recover\n"
 
