@@ -259,6 +259,20 @@ def test_recover_stale_intent(lxc_container, tmp_path):
     ct.stop()
 
 
+def watchdogs_of(dumper: int) -> list[int]:
+    """Processes running the dumper's command line that are not the dumper (its forks)."""
+    me = Path(f"/proc/{dumper}/cmdline").read_bytes()
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != dumper:
+            try:
+                if (d / "cmdline").read_bytes() == me:
+                    out.append(int(d.name))
+            except OSError:
+                pass
+    return out
+
+
 def test_intent_file_is_private_and_gone_after_a_dump(lxc_container, tmp_path):
     """The intent exists (0600, JSON naming the freezer and the temporary image) while the
     dump holds at its frozen step, and is gone once a dump ends, well or not."""
@@ -268,7 +282,7 @@ def test_intent_file_is_private_and_gone_after_a_dump(lxc_container, tmp_path):
     assert proc.wait(timeout=120) == 0
     frozen_step = step_number(trace, "cgroup frozen")
     env = dict(os.environ, LXC_CR_FAULT_HOLD=f"dump:{frozen_step}",
-               LXC_CR_FAULT_HOLD_SECONDS="2", LXC_CR_FAULT_TRACE=str(tmp_path / "t2"))
+               LXC_CR_FAULT_HOLD_SECONDS="3", LXC_CR_FAULT_TRACE=str(tmp_path / "t2"))
     proc = subprocess.Popen(checkpoint_cmd(ct, tmp_path / "e", False), env=env,
                             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert wait_trace(tmp_path / "t2", proc, "cgroup frozen")
@@ -279,6 +293,17 @@ def test_intent_file_is_private_and_gone_after_a_dump(lxc_container, tmp_path):
     data = json.loads(Path(recs[0].path).read_text())
     assert data["owner_pid"] == proc.pid and data["freezer"] == Freezer(ct.init_pid()).dir
     assert data["temp"] == str(tmp_path / "e" / f".{IMG}.tmp-{proc.pid}")
+    # the watchdog: another session, stdio on /dev/null, no open file but a pipe (and the
+    # pidfd of the dumper it watches); not the dumper's child any more (double fork)
+    wd = watchdogs_of(proc.pid)
+    assert len(wd) == 1, wd
+    w = wd[0]
+    ppid = int(Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert os.getsid(w) not in (os.getsid(proc.pid), w) and ppid != proc.pid
+    fds = {int(f): os.readlink(f"/proc/{w}/fd/{f}") for f in os.listdir(f"/proc/{w}/fd")}
+    assert all(fds[i] == "/dev/null" for i in (0, 1, 2)), fds
+    rest = sorted(v.split(":")[0] for k, v in fds.items() if k > 2)
+    assert rest == ["anon_inode", "pipe"] and "anon_inode:[pidfd]" in fds.values(), fds
     assert proc.wait(timeout=120) == 0, proc.stderr.read()
     assert not target_intents(ct)
     # a handled failure (injected at the frozen step) removes it too
