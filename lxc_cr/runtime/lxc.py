@@ -158,6 +158,7 @@ def _restore(name, directory, lxcpath, verbose, key=None, max_privilege=None) ->
     listener.bind(path)
     listener.listen(1)
     starter = {}
+    seized = {}
 
     def takeover() -> int:
         cmd = ["lxc-start", "-n", name, "-d"]
@@ -167,11 +168,13 @@ def _restore(name, directory, lxcpath, verbose, key=None, max_privilege=None) ->
             cmd[1:1] = ["-P", lxcpath]
         starter["proc"] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        return _wait_exec(_accept_init(listener, starter["proc"], name), name)
+        tracee = _accept_init(listener, starter["proc"], name)
+        seized["pid"] = tracee.tid
+        return _wait_exec(tracee, name)
 
     try:
         stats = _rebuild(c, name, image, lxcpath, takeover, key=key,
-                         max_privilege=max_privilege)
+                         max_privilege=max_privilege, seized=seized)
     finally:
         listener.close()
         try:
@@ -198,14 +201,19 @@ def _lxc_image(directory: str, key: bytes | None = None) -> str:
 
 
 def _rebuild(c, name: str, image: str, lxcpath: str | None, takeover, key=None,
-             max_privilege=None) -> dict:
+             max_privilege=None, seized: dict | None = None) -> dict:
     """The one takeover path of both entry points: rebuild IMAGE into the init that
     ``takeover()`` returns (seized, stopped at the exit of its execve); on failure the
-    container is stopped, so it is never left half-built.  Consumes the pending image."""
+    container is stopped, so it is never left half-built.  Consumes the pending image.
+    ``seized["pid"]``: the init once we trace it.  On failure it is killed and its exit
+    collected by us first: a traced zombie is not reported to LXC's monitor until its
+    tracer has waited for it, and the monitor would wait for ever (and lxc-stop with it)."""
     from lxc_cr.restore import restore_tree
     try:
         stats = restore_tree(image, takeover=takeover, key=key, max_privilege=max_privilege)
     except BaseException:
+        if seized and seized.get("pid"):
+            _kill_traced(seized["pid"])
         _stop_quiet(c)
         raise
     if not c.wait("RUNNING", 30):
@@ -293,7 +301,8 @@ def resume(name: str, init_pid: int, lxcpath: str | None = None,
             tracee = _seize_init(init_pid)
             report.send("seized")
             print(f"{name}: resuming {image} into init pid {init_pid}", flush=True)
-            stats = _rebuild(c, name, image, lxcpath, lambda: _wait_exec(tracee, name))
+            stats = _rebuild(c, name, image, lxcpath, lambda: _wait_exec(tracee, name),
+                             seized={"pid": init_pid})
             print(f"{name}: resumed {image}, init pid {init_pid}, {stats['tasks']} "
                   "processes", flush=True)
             return stats
@@ -356,6 +365,15 @@ def _reap_starter(proc) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def _kill_traced(pid: int) -> None:
+    from lxc_cr.kernel.ptrace import reap
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    reap([pid])
 
 
 def _stop_quiet(c) -> None:

@@ -8,6 +8,7 @@ environment."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -139,18 +140,28 @@ def test_plain_start_boots_fresh_when_policy_says_so(lxc_container, state, polic
     lxc_cr("hooks", "uninstall", "--container", ct.name, "-P", ct.lxcpath)
 
 
-def test_failed_resume_kills_container_and_keeps_image_pending(lxc_container, state):
+@pytest.mark.parametrize("where", ["page block", "record"])
+def test_failed_resume_kills_container_and_keeps_image_pending(lxc_container, state, where):
+    """A corrupt page block is found while the pages are written (the tree is being built);
+    a corrupt record is found before any process is made, with the init already seized:
+    either way the container is stopped, nothing is left waiting on it, the image stays
+    pending."""
     ct = counter_container(lxc_container, "hookbad")
     d = state / "ckpt"
     checkpoint_stop(ct, d, least=5)
     image = d / "lxc-cr.img"
     from lxc_cr.image.reader import ImageReader
-    with ImageReader(str(image)) as r:     # the first page block: its crc32 is checked only
-        block = next(iter(r.records("pages")))[1].block    # by the restore's full verify
+    with ImageReader(str(image)) as r:
+        if where == "page block":
+            block = next(iter(r.records("pages")))[1].block
+            offset = block.offset
+        else:
+            _tag, off, length = next(iter(r.index))
+            offset = off + length // 2
     with open(image, "r+b") as f:
-        f.seek(block.offset)
+        f.seek(offset)
         b = f.read(1)
-        f.seek(block.offset)
+        f.seek(offset)
         f.write(bytes([b[0] ^ 0xFF]))
     lxc_cr("hooks", "install", "--container", ct.name, "-P", ct.lxcpath)
     r = run("lxc-start", "-n", ct.name, "-P", ct.lxcpath, "-d")
@@ -163,4 +174,15 @@ def test_failed_resume_kills_container_and_keeps_image_pending(lxc_container, st
     assert pending(ct) is not None, "the image must stay pending"
     time.sleep(1)
     assert re.search(r"State:\s+STOPPED", lxc_info(ct)), "the container booted after all"
+    left = [p for p in os.listdir("/proc") if p.isdigit() and ct.name in _cmdline(int(p))
+            and "resume" in _cmdline(int(p))]
+    assert not left, f"an lxc-cr resume of {ct.name} is still running: {left}"
     lxc_cr("hooks", "uninstall", "--container", ct.name, "-P", ct.lxcpath)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
