@@ -472,13 +472,20 @@ def _load_policy(config: str | None) -> tuple[Policy, BadInput | None]:
         return Policy(None, policy_mod.config_path(config)), e
 
 
-def shutdown(config: str | None = None, only: list[str] | None = None,
-             kinds: list[str] | None = None, image_dir: str | None = None) -> int:
+def _policy_or_fallback(config: str | None, fallback: str):
+    """The policy; if it is unusable, say why (the one error line) and what is done instead,
+    and go on with an empty policy; returns (policy, the error or None)."""
     pol, bad = _load_policy(config)
     if bad is not None:
         sys.stderr.write(f"lxc-cr: error: {bad}\n")
         sys.stderr.flush()
-        log("", "", "the policy is unusable: every container is shut down cleanly")
+        log("", "", f"the policy is unusable: {fallback}")
+    return pol, bad
+
+
+def shutdown(config: str | None = None, only: list[str] | None = None,
+             kinds: list[str] | None = None, image_dir: str | None = None) -> int:
+    pol, bad = _policy_or_fallback(config, "every container is shut down cleanly")
     mdir = image_dir or pol.image_dir
     targets, problems = discover(pol, set(only) if only else None,
                                  set(kinds or ("lxc", "libvirt")))
@@ -620,11 +627,7 @@ def _verify(path: str, e: dict) -> str | None:
 
 def boot(config: str | None = None, only: list[str] | None = None,
          kinds: list[str] | None = None, image_dir: str | None = None) -> int:
-    pol, bad = _load_policy(config)
-    if bad is not None:
-        sys.stderr.write(f"lxc-cr: error: {bad}\n")
-        sys.stderr.flush()
-        log("", "", "the policy is unusable: restoring in the order the manifest recorded")
+    pol, bad = _policy_or_fallback(config, "restoring in the order the manifest recorded")
     mdir = image_dir or pol.image_dir
     kinds = set(kinds or ("lxc", "libvirt"))
     results = []

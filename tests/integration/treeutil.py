@@ -672,3 +672,25 @@ class Watcher(threading.Thread):
                         self.seen.append(f"pid {h} tid {t}: {st['State']} "
                                          f"TracerPid {st['TracerPid']}")
             self.samples += 1
+
+
+def refused_dump(h, root: int, image, *extra):
+    """``tree dump ROOT IMAGE`` that must be refused before anything is stopped: runs it under
+    a Watcher and checks exit 1, one error line in the contract's format (returned with its
+    match), no image, and that no thread of the tree was ever stopped or traced."""
+    w = Watcher(root)
+    w.start()
+    try:
+        res = h.cli("tree", "dump", root, image, *extra)
+    finally:
+        w.stop.set()
+        w.join()
+    assert res.rc == 1, res.describe()
+    line = assert_one_error_line(res)
+    m = UNSUPPORTED_RE.search(line)
+    assert m, line
+    assert not os.path.exists(image), "a refused dump left an image"
+    assert w.samples > 0 and w.seen == [], w.seen[:5]
+    return line, m
+
+

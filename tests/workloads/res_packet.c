@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "wl_state.h"
+#include "wl_net.h"
 
 static const char *state;
 static unsigned long long boot, matched, raw;
@@ -36,21 +37,6 @@ static void put(void)
 {
 	write_state(state, "boot=%llu\nmatched=%llu\nraw=%llu\npd=%d\npr=%d\nhc=%d\n",
 		    boot, matched, raw, pd, pr, hc);
-}
-
-static int lo_up(void)
-{
-	struct ifreq ifr;
-	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), idx;
-	memset(&ifr, 0, sizeof ifr);
-	strcpy(ifr.ifr_name, "lo");
-	if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
-		ifr.ifr_flags |= IFF_UP;
-		ioctl(s, SIOCSIFFLAGS, &ifr);
-	}
-	close(s);
-	idx = if_nametoindex("lo");
-	return idx;
 }
 
 static void bind_ll(int s, int ifindex, int proto)

@@ -37,24 +37,12 @@
 #include <unistd.h>
 
 #include "wl_state.h"
+#include "wl_net.h"
 
 #define REC 16
 
 static uint64_t boot, counter;
 static char err[200];
-
-static void lo_up(void)
-{
-	struct ifreq ifr;
-	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	memset(&ifr, 0, sizeof ifr);
-	strcpy(ifr.ifr_name, "lo");
-	if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
-		ifr.ifr_flags |= IFF_UP;
-		ioctl(s, SIOCSIFFLAGS, &ifr);
-	}
-	close(s);
-}
 
 static socklen_t addr_of(int v6, struct sockaddr_storage *ss)
 {

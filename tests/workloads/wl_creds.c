@@ -35,6 +35,7 @@
 static const char *dir;
 
 #include "wl_state.h"
+#include "wl_caps.h"
 
 static void loop(const char *role, const char *error)
 {
@@ -56,16 +57,6 @@ static void loop(const char *role, const char *error)
 		put_state(name, buf);
 		nap_ms(3);
 	}
-}
-
-static int set_caps(uint64_t eff, uint64_t prm, uint64_t inh)
-{
-	struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
-	struct __user_cap_data_struct data[2] = {
-		{ (uint32_t)eff, (uint32_t)prm, (uint32_t)inh },
-		{ (uint32_t)(eff >> 32), (uint32_t)(prm >> 32), (uint32_t)(inh >> 32) },
-	};
-	return (int)syscall(SYS_capset, &hdr, data);
 }
 
 #define BIT(c) (1ULL << (c))
