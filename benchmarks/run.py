@@ -105,10 +105,13 @@ class Workload:
     def anon_bytes(self) -> int:
         total = 0
         for p in self.pids():
-            with open(f"/proc/{p}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Anonymous:"):
-                        total += int(line.split()[1]) * 1024
+            try:
+                with open(f"/proc/{p}/smaps_rollup") as f:
+                    for line in f:
+                        if line.startswith("Anonymous:"):
+                            total += int(line.split()[1]) * 1024
+            except (ProcessLookupError, FileNotFoundError):
+                pass                      # a short-lived process (a container's sleep)
         return total
 
     def kill(self) -> None:
@@ -178,18 +181,26 @@ def anon_ranges(pid: int) -> list[tuple[int, int]]:
 def raw_dump(wl: Workload, path: Path) -> float:
     """Stop the tree, copy every resident anonymous page to path, fsync; seconds."""
     from lxc_cr.kernel import pagemap
-    pids = wl.pids()
     t0 = time.monotonic()
-    for p in pids:
-        os.kill(p, signal.SIGSTOP)
+    pids = []
+    for p in wl.pids():
+        try:
+            os.kill(p, signal.SIGSTOP)
+            pids.append(p)
+        except ProcessLookupError:
+            pass                          # a short-lived process (a container's sleep)
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     with open(path, "wb") as out:
         for p in pids:
-            mem = os.open(f"/proc/{p}/mem", os.O_RDONLY)
-            pm = os.open(f"/proc/{p}/pagemap", os.O_RDONLY)
             try:
-                for a, b in anon_ranges(p):
+                mem = os.open(f"/proc/{p}/mem", os.O_RDONLY)
+                pm = os.open(f"/proc/{p}/pagemap", os.O_RDONLY)
+                ranges = anon_ranges(p)
+            except OSError:
+                continue                  # exited (a container's short-lived sleep)
+            try:
+                for a, b in ranges:
                     runs, _ = pagemap.data_runs(pm, a, b, private_file=False)
                     for first, count in runs:
                         off, left = a + first * 4096, count * 4096
@@ -205,7 +216,10 @@ def raw_dump(wl: Workload, path: Path) -> float:
         os.fsync(out.fileno())
     t = time.monotonic() - t0
     for p in pids:
-        os.kill(p, signal.SIGCONT)
+        try:
+            os.kill(p, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
     return t
 
 
