@@ -167,10 +167,10 @@ def test_failed_resume_kills_container_and_keeps_image_pending(lxc_container, st
     r = run("lxc-start", "-n", ct.name, "-P", ct.lxcpath, "-d")
     # the hook returns once the init is seized; the rebuild then fails and stops it
     wait_for(lambda: re.search(r"State:\s+STOPPED", lxc_info(ct)) and
-             "resume failed" in hook_log(state, ct), timeout=90,
+             "lxc-cr: error:" in hook_log(state, ct), timeout=90,
              what=f"the container to be stopped (lxc-start rc {r.returncode})")
     log = hook_log(state, ct)
-    assert "lxc-cr: error:" in log, log
+    assert "resume failed" in log, log
     assert pending(ct) is not None, "the image must stay pending"
     time.sleep(1)
     assert re.search(r"State:\s+STOPPED", lxc_info(ct)), "the container booted after all"
