@@ -96,25 +96,17 @@ def _status_init_pid(name: str, timeout: float = 0.0) -> int:
 
 
 def _new_pidns_children(ctrl: int) -> list[int]:
-    """Children of the controller ``ctrl`` that are the init (pid 1) of another pid
-    namespace and have exec'd their own program: not a helper the controller forked into
-    the container's namespaces, and not the init before its exec."""
+    """Children of ``ctrl`` that live in another pid namespace than it."""
     try:
         with open(f"/proc/{ctrl}/task/{ctrl}/children") as f:
             kids = [int(x) for x in f.read().split()]
-        own_ns = os.readlink(f"/proc/{ctrl}/ns/pid")
-        own_exe = os.readlink(f"/proc/{ctrl}/exe")
+        own = os.readlink(f"/proc/{ctrl}/ns/pid")
     except (OSError, ValueError):
         return []
     out = []
     for k in kids:
         try:
-            if os.readlink(f"/proc/{k}/ns/pid") == own_ns or \
-                    os.readlink(f"/proc/{k}/exe") == own_exe:
-                continue
-            with open(f"/proc/{k}/status") as f:
-                nspid = next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])
-            if nspid and nspid[-1] == "1":
+            if os.readlink(f"/proc/{k}/ns/pid") != own:
                 out.append(k)
         except OSError:
             pass
