@@ -185,27 +185,3 @@ def test_transient_paused_restore_and_console(libvirt_domain, tmp_path):
                               if w.startswith("tick") and w[4:].isdigit()], what="ticks")
     assert ticks == sorted(ticks) and ticks[0] > 1, ticks   # continued, not restarted
     assert virsh("destroy", name).returncode == 0
-
-
-def test_save_when_libvirt_lost_the_init_pid(libvirt_domain, tmp_path):
-    """libvirtd at times never learns the init's pid from the domain's controller and keeps
-    <init pid='0'/> in its status file for the whole run (seen after libvirtd restarts).
-    Here the status file is set that way by hand: the save still finds the init (the
-    controller's one child in another pid namespace) and the restore continues it."""
-    import re
-    dom, count = counter_domain(libvirt_domain, tmp_path, "pid0")
-    name = dom.name()
-    status = Path(f"/run/libvirt/lxc/{name}.xml")
-    text = status.read_text()
-    assert re.search(r"<init pid='[1-9]\d*'", text), text[:400]
-    status.write_text(re.sub(r"<init pid='\d+'", "<init pid='0'", text))
-    img = tmp_path / "dom.save"
-    r = run(LXC_CR, "virsh", "save", name, img)
-    assert r.returncode == 0, r.stderr
-    assert state(name) == "shut off"
-    at_save = count()
-    r = run(LXC_CR, "virsh", "restore", img)
-    assert r.returncode == 0, r.stderr
-    seen = wait_for(lambda: count() > at_save and count(), what="the counter to continue")
-    assert seen <= at_save + 50, "the counter restarted"
-    assert virsh("destroy", name).returncode == 0
