@@ -83,34 +83,9 @@ def _status_init_pid(name: str, timeout: float = 0.0) -> int:
         if ctrl and init and int(init.group(1)) > 0 and \
                 _ppid(int(init.group(1))) == int(ctrl.group(1)):
             return int(init.group(1))
-        if ctrl and (init is None or int(init.group(1)) == 0):
-            # libvirtd sometimes never learns the init's pid from the controller (its
-            # monitor's init event is lost) and keeps <init pid='0'/> for the whole run:
-            # the init is then the controller's one child in another pid namespace
-            kids = _new_pidns_children(int(ctrl.group(1)))
-            if len(kids) == 1:
-                return kids[0]
         if time.monotonic() >= deadline:
             raise OperationFailed(f"domain '{name}': no live init pid in {STATUS_DIR}/{name}.xml")
         time.sleep(0.005)
-
-
-def _new_pidns_children(ctrl: int) -> list[int]:
-    """Children of ``ctrl`` that live in another pid namespace than it."""
-    try:
-        with open(f"/proc/{ctrl}/task/{ctrl}/children") as f:
-            kids = [int(x) for x in f.read().split()]
-        own = os.readlink(f"/proc/{ctrl}/ns/pid")
-    except (OSError, ValueError):
-        return []
-    out = []
-    for k in kids:
-        try:
-            if os.readlink(f"/proc/{k}/ns/pid") != own:
-                out.append(k)
-        except OSError:
-            pass
-    return out
 
 
 def _ppid(pid: int) -> int:
