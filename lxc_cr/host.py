@@ -43,11 +43,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
-from lxc_cr import pending
+from lxc_cr import atomicfile, pending
 from lxc_cr.errors import BadInput, LxcCrError, OperationFailed
 from lxc_cr.host_worker import attempt
 from lxc_cr.policy import DEFAULT_URI, Policy, Settings
@@ -197,23 +196,7 @@ class Manifest:
     def _write(self) -> None:
         data = {"format": FORMAT, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "entries": self.entries}
-        fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=self.dir)   # 0600
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        atomicfile.write_json(self.path, data, indent=1, sort_keys=True)
 
 
 def _entry_key(e: dict) -> tuple:

@@ -22,6 +22,7 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING
 
+from lxc_cr import atomicfile
 from lxc_cr.errors import Busy, KernelError, LxcCrError, OperationFailed
 
 if TYPE_CHECKING:
@@ -156,10 +157,7 @@ def _worker_main(argv: list[str]) -> int:
     except Exception as e:  # noqa: BLE001 - a bug: still one line for the log
         res = {"ok": False, "class": type(e).__name__,
                "message": f"internal error: {type(e).__name__}: {e}"}
-    tmp = out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(res, f, default=str)
-    os.rename(tmp, out)
+    atomicfile.write_json(out, res, default=str)
     return 0 if res["ok"] else 1
 
 

@@ -25,7 +25,7 @@ dies instead (SIGKILL, OOM), the intent stays behind, naming what to undo:
 
 Threads that were only ptrace-stopped need nothing: the kernel detaches them when their
 tracer dies and they run on (the dump keeps their own registers and signal mask in place
-between injected syscalls, see ``dump.GuardedRemote``).
+between injected syscalls, see ``kernel.ptrace.GuardedRemote``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import syslog
 import time
 from dataclasses import asdict, dataclass
 
+from lxc_cr import atomicfile
 from lxc_cr.errors import OperationFailed
 
 INTENT_DIR = "/run/lxc-cr/intent"
@@ -107,16 +108,7 @@ def write(rec: Intent) -> str:
     os.makedirs(INTENT_DIR, mode=0o700, exist_ok=True)
     safe = rec.name.replace("/", "_")
     path = os.path.join(INTENT_DIR, f"{rec.kind}-{safe}.{rec.owner_pid}.json")
-    tmp = f"{path}.tmp"
-    data = {k: v for k, v in asdict(rec).items() if k != "path"}
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, json.dumps(data).encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+    atomicfile.write_json(path, {k: v for k, v in asdict(rec).items() if k != "path"})
     rec.path = path
     return path
 

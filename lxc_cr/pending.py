@@ -23,9 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import urllib.parse
+
+from lxc_cr import atomicfile
 
 KINDS = ("lxc", "libvirt")
 DEFAULT_STATE_DIR = "/var/lib/lxc-cr"
@@ -94,20 +95,7 @@ def mark(kind: str, name: str, image: str, lxcpath: str | None = None) -> None:
     d = os.path.dirname(path)
     os.makedirs(d, mode=0o700, exist_ok=True)
     os.chmod(d, 0o700)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)   # mkstemp creates it 0600
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomicfile.write_json(path, record, indent=1, sort_keys=True)
 
 
 def _read(path: str) -> dict | None:

@@ -27,11 +27,11 @@ from lxc_cr import faults, progress
 from lxc_cr.errors import IncompatibleImage, RestoreFailed
 from lxc_cr.kernel import sys as ksys
 from lxc_cr.kernel.procfs import Proc
-from lxc_cr.kernel.ptrace import (O_EXITKILL, O_TRACECLONE, O_TRACEFORK, O_TRACESYSGOOD,
-                                  O_TRACEVFORK, Remote, Tracee, find_syscall_insn, reap)
+from lxc_cr.kernel.ptrace import (ALL_SIGNALS, O_EXITKILL, O_TRACECLONE, O_TRACEFORK,
+                                  O_TRACESYSGOOD, O_TRACEVFORK, Remote, Tracee,
+                                  find_syscall_insn, reap)
 
 PAGE = 4096
-ALL_SIGNALS = (1 << 64) - 1 & ~((1 << 8) | (1 << 18))
 OPTIONS = O_TRACESYSGOOD | O_TRACEFORK | O_TRACEVFORK | O_TRACECLONE | O_EXITKILL
 CLONE_VM, CLONE_FS, CLONE_FILES, CLONE_SIGHAND = 0x100, 0x200, 0x400, 0x800
 CLONE_THREAD, CLONE_SYSVSEM, CLONE_NEWPID = 0x10000, 0x40000, 0x20000000

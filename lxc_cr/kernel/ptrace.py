@@ -24,6 +24,7 @@ PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
 PTRACE_DETACH = 17
 PTRACE_SYSCALL = 24
+ALL_SIGNALS = (1 << 64) - 1 & ~((1 << 8) | (1 << 18))   # all but SIGKILL, SIGSTOP
 PTRACE_SETOPTIONS = 0x4200
 PTRACE_GETEVENTMSG = 0x4201
 PTRACE_GETSIGINFO = 0x4202
@@ -391,3 +392,44 @@ def find_syscall_insn(mem_fd: int, start: int, end: int, pid: int) -> int | None
     data = pread_mem(mem_fd, start, end - start, pid)
     i = data.find(b"\x0f\x05")
     return None if i < 0 else start + i
+
+
+class GuardedRemote(Remote):
+    """Injected syscalls that leave the thread as it was between calls, so that if lxc-cr
+    dies (SIGKILL) while the tree is stopped, every thread the kernel detaches runs on from
+    where it was stopped:
+
+    - all signals are blocked only during a call; the thread's own registers and signal
+      mask are back right after it;
+    - the syscall is run with PTRACE_SYSCALL (entry stop, exit stop), not single-stepped:
+      a tracer's death detaches without clearing the trap flag a PTRACE_SINGLESTEP leaves
+      set (exit_ptrace skips ptrace_disable), and the thread would die of SIGTRAP at its
+      next instruction.
+
+    Only the instant of one injected syscall is exposed.  Needs PTRACE_O_TRACESYSGOOD.
+    """
+
+    def __init__(self, tracee, syscall_ip, base, mem_fd, sigmask: int):
+        super().__init__(tracee, syscall_ip, base, mem_fd)
+        self.sigmask = sigmask
+
+    def call(self, name: str, *args: int, expect_exit: bool = False) -> int:
+        self.t.set_sigmask(ALL_SIGNALS)
+        try:
+            self._load(name, args)
+            for _ in range(2):                  # syscall-entry stop, then syscall-exit stop
+                self.t._resume(PTRACE_SYSCALL)
+                while True:
+                    st = self.t.wait()
+                    if st.exited:
+                        if expect_exit:
+                            return 0
+                        raise TaskGone(self.t.tid, f"exited during injected {name}()")
+                    if st.sig == signal.SIGTRAP | 0x80:
+                        break
+                    self.t._resume(PTRACE_SYSCALL)   # an event stop on the way
+            return self._result(name, args)
+        finally:
+            if self.t.state.value == "stopped":
+                self.t.setregs(self.base)
+                self.t.set_sigmask(self.sigmask)
