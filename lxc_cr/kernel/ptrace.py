@@ -160,20 +160,35 @@ class Tracee:
         return st
 
     def wait_event_stop(self) -> None:
-        """Wait for a PTRACE_EVENT_STOP, keeping any signal dequeued on the way."""
+        """Wait for a PTRACE_EVENT_STOP, keeping any signal dequeued on the way.
+
+        A signal-delivery-stop on the way means the thread dequeued a signal.  It is handed
+        back while the thread blocks every signal, so the kernel queues it again with its
+        siginfo (ptrace_signal requeues a blocked signal) and the pending interrupt trap
+        stops the thread; the thread's mask is put back at that stop.  The signal stays
+        pending in the kernel, not only in our memory: if lxc-cr dies (SIGKILL) while the
+        tree is stopped, the detached thread still receives it.  Only SIGSTOP, which cannot
+        be blocked, is kept here and sent again at detach."""
+        mask = None
         while True:
             st = self.wait()
             if st.exited:
                 raise TaskGone(self.tid, "exited while being stopped")
             if st.event == EVENT_STOP:
+                if mask is not None:
+                    self.set_sigmask(mask)
                 self.group_stopped = st.sig in (signal.SIGSTOP, signal.SIGTSTP,
                                                 signal.SIGTTIN, signal.SIGTTOU)
                 return
-            if st.event == 0 and st.sig not in (0, signal.SIGTRAP):
-                # signal-delivery-stop: the signal was dequeued; keep it, let the
-                # pending interrupt trap stop the thread right after.
+            if st.event == 0 and st.sig == signal.SIGSTOP:
                 self.intercepted.append(self.getsiginfo())
                 self._resume(PTRACE_CONT, 0)
+                continue
+            if st.event == 0 and st.sig not in (0, signal.SIGTRAP):
+                if mask is None:
+                    mask = self.get_sigmask()
+                    self.set_sigmask(ALL_SIGNALS)
+                self._resume(PTRACE_CONT, st.sig)
                 continue
             self._resume(PTRACE_CONT, 0)
 
