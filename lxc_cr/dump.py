@@ -21,12 +21,12 @@ from lxc_cr import faults, intent
 from lxc_cr import progress as progress_bar
 from lxc_cr.errors import OperationFailed, Refused, TaskGone, UnknownTarget
 from lxc_cr.kernel.procfs import Proc
-from lxc_cr.kernel.ptrace import (O_TRACESYSGOOD, GuardedRemote, Remote, Tracee,
-                                  find_syscall_insn, reap)
+from lxc_cr.kernel.ptrace import (O_TRACESYSGOOD, TRAMPOLINE_SIZE, GuardedRemote, Remote,
+                                  Tracee, find_syscall_insn, reap, trampoline)
 from lxc_cr.stats import DUMP_STATS, us
 
 PAGE = 4096
-PROT_RW, MAP_PRIVATE_ANON = 3, 0x22
+PROT_RWX, MAP_PRIVATE_ANON = 7, 0x22
 
 
 @dataclass
@@ -59,6 +59,7 @@ class TaskState:
     fds: list = field(default_factory=list)
     mem_fd: int = -1
     scratch: int = 0
+    scratch_len: int = 0
     syscall_ip: int = 0
 
     @property
@@ -314,7 +315,8 @@ def release(tasks: list[TaskState]) -> None:
                 continue
             try:
                 if t.scratch and th is t.leader and th.remote is not None:
-                    th.remote.call("munmap", t.scratch, PAGE)
+                    th.remote.ip = t.syscall_ip      # not from the page being unmapped
+                    th.remote.call("munmap", t.scratch, t.scratch_len)
                     t.scratch = 0
                 if th.regs is not None:
                     tr.setregs(th.regs)
@@ -491,7 +493,7 @@ def _prepare(proc: Proc, t: TaskState) -> None:
     if t.zombie:
         return
     t.maps = proc.maps(t.host_pid)
-    t.mem_fd = os.open(f"/proc/{t.host_pid}/mem", os.O_RDONLY)
+    t.mem_fd = os.open(f"/proc/{t.host_pid}/mem", os.O_RDWR)   # RDWR: the trampolines
     vdso = [m for m in t.maps if m.path == "[vdso]"]
     ip = find_syscall_insn(t.mem_fd, vdso[0].start, vdso[0].end, t.host_pid) if vdso else None
     if ip is None:
@@ -508,4 +510,12 @@ def _prepare(proc: Proc, t: TaskState) -> None:
         level = len(t.creds.nspid) - len(t.nspids)
         th.nstids = list(th.creds.nspid[level:])
         th.tid = th.nstids[0]
-    t.scratch = t.leader.remote.call("mmap", 0, PAGE, PROT_RW, MAP_PRIVATE_ANON, -1, 0)
+    # one page for call buffers, then one trampoline per thread (kernel.ptrace.trampoline):
+    # from now on a thread whose tracer dies mid-call finds its own way back
+    size = PAGE + -(-len(t.threads) * TRAMPOLINE_SIZE // PAGE) * PAGE
+    t.scratch = t.leader.remote.call("mmap", 0, size, PROT_RWX, MAP_PRIVATE_ANON, -1, 0)
+    t.scratch_len = size
+    for i, th in enumerate(t.threads):
+        at = t.scratch + PAGE + i * TRAMPOLINE_SIZE
+        th.remote.write(at, trampoline(th.regs, th.sigmask))
+        th.remote.ip = at

@@ -14,6 +14,7 @@ import ctypes
 import enum
 import os
 import signal
+import struct
 
 from lxc_cr.errors import KernelError, OperationFailed, TaskGone
 from lxc_cr.kernel.sys import nr, ptrace, waitpid
@@ -409,6 +410,50 @@ def find_syscall_insn(mem_fd: int, start: int, end: int, pid: int) -> int | None
     return None if i < 0 else start + i
 
 
+# The dump's way back for a thread whose tracer dies in the middle of an injected syscall.
+# Each thread of a task being dumped gets its own copy (TRAMPOLINE_SIZE bytes, in an RWX
+# mapping of its own task).  Its first instruction is the ``syscall`` every injected call
+# runs; the tracer normally takes the thread back at that syscall's exit stop and puts its
+# registers back.  Only if the tracer is gone does the thread run on past it, and then the
+# rest puts it back by itself: rt_sigprocmask(SIG_SETMASK, saved mask), all general
+# registers and rflags from the saved slots, its stack pointer, and a jump to where it was
+# stopped (an interrupted syscall rewound to restart, as the kernel would have done).
+# Assembled from (Intel syntax):
+#     00 syscall                      ; the injected call
+#     02 mov eax, 14                  ; rt_sigprocmask
+#     07 mov edi, 2                   ; SIG_SETMASK
+#     0c lea rsi, [rip + mask]        ; 0x80
+#     13 xor edx, edx
+#     15 mov r10d, 8
+#     1b syscall
+#     1d lea rsp, [rip + gprs]        ; 0x88
+#     24 pop rax, rbx, rcx, rdx, rsi, rdi, rbp, r8 ... r15
+#     3b popfq                        ; 0x100
+#     3c mov rsp, [rip + rsp_slot]    ; 0x108
+#     43 jmp qword ptr [rip + rip_slot]   ; 0x110
+_TRAMPOLINE_CODE = bytes.fromhex(
+    "0f05b80e000000bf02000000488d356d00000031d241ba080000000f05488d2564000000585b595a5e5f"
+    "5d41584159415a415b415c415d415e415f9d488b25c5000000ff25c7000000")
+_TRAMPOLINE_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp",
+                    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+TRAMPOLINE_SIZE = 512
+_RESTART = {512, 513, 514}            # -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND
+_RESTARTBLOCK, _NR_RESTART_SYSCALL = 516, 219
+
+
+def trampoline(regs: Regs, sigmask: int) -> bytes:
+    """The TRAMPOLINE_SIZE bytes of one thread's way back to ``regs`` and ``sigmask``."""
+    r = regs.copy()
+    ax = r.rax - 2 ** 64 if r.rax >= 2 ** 63 else r.rax
+    if r.orig_rax < 2 ** 63 and -ax in _RESTART | {_RESTARTBLOCK}:
+        # stopped in an interrupted syscall: the kernel would restart it on the way out
+        r.rax = _NR_RESTART_SYSCALL if -ax == _RESTARTBLOCK else r.orig_rax
+        r.rip -= 2
+    slots = [sigmask] + [getattr(r, n) for n in _TRAMPOLINE_GPRS] + [r.eflags, r.rsp, r.rip]
+    body = _TRAMPOLINE_CODE.ljust(0x80, b"\xcc") + struct.pack(f"<{len(slots)}Q", *slots)
+    return body.ljust(TRAMPOLINE_SIZE, b"\xcc")
+
+
 class GuardedRemote(Remote):
     """Injected syscalls that leave the thread as it was between calls, so that if lxc-cr
     dies (SIGKILL) while the tree is stopped, every thread the kernel detaches runs on from
@@ -419,9 +464,13 @@ class GuardedRemote(Remote):
     - the syscall is run with PTRACE_SYSCALL (entry stop, exit stop), not single-stepped:
       a tracer's death detaches without clearing the trap flag a PTRACE_SINGLESTEP leaves
       set (exit_ptrace skips ptrace_disable), and the thread would die of SIGTRAP at its
-      next instruction.
+      next instruction;
+    - once ``ip`` is the thread's trampoline (see ``trampoline``), a death during a call
+      leaves the thread on a path back to its own registers and mask; the order of the
+      register and mask changes below keeps that true at every instant.  Only the calls
+      made from the vdso's syscall (mapping the trampoline, unmapping it) are exposed.
 
-    Only the instant of one injected syscall is exposed.  Needs PTRACE_O_TRACESYSGOOD.
+    Needs PTRACE_O_TRACESYSGOOD.
     """
 
     def __init__(self, tracee, syscall_ip, base, mem_fd, sigmask: int):
@@ -429,9 +478,9 @@ class GuardedRemote(Remote):
         self.sigmask = sigmask
 
     def call(self, name: str, *args: int, expect_exit: bool = False) -> int:
-        self.t.set_sigmask(ALL_SIGNALS)
+        self._load(name, args)          # registers first: the trampoline restores the mask
         try:
-            self._load(name, args)
+            self.t.set_sigmask(ALL_SIGNALS)
             for _ in range(2):                  # syscall-entry stop, then syscall-exit stop
                 self.t._resume(PTRACE_SYSCALL)
                 while True:
@@ -446,5 +495,5 @@ class GuardedRemote(Remote):
             return self._result(name, args)
         finally:
             if self.t.state.value == "stopped":
+                self.t.set_sigmask(self.sigmask)    # mask first: the registers still lead back
                 self.t.setregs(self.base)
-                self.t.set_sigmask(self.sigmask)

@@ -84,3 +84,91 @@ def test_signal_dequeued_at_the_stop_survives_the_tracers_death():
     finally:
         target.kill()
         target.wait()
+
+
+# Targets for the death-in-the-middle-of-a-call test: one sleeping in a syscall (pause(),
+# restarted on the way back), one computing in user mode.  Both print "tick" lines while
+# they run and "got SIGUSR1" from a handler.
+TARGETS = {
+    "in-syscall": r"""
+import os, signal
+signal.signal(signal.SIGUSR1, lambda *a: os.write(1, b"got SIGUSR1\n"))
+signal.signal(signal.SIGALRM, lambda *a: os.write(1, b"tick\n"))
+signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
+os.write(1, b"ready\n")
+while True:
+    signal.pause()
+""",
+    "user-mode": r"""
+import os, signal
+signal.signal(signal.SIGUSR1, lambda *a: os.write(1, b"got SIGUSR1\n"))
+os.write(1, b"ready\n")
+i = 0
+while True:
+    i += 1
+    if i % 300000 == 0:
+        os.write(1, b"tick\n")
+""",
+}
+
+# what the dump does to a stopped thread (map a page from the vdso's syscall, put the
+# thread's trampoline in it, run calls from there), then die at ``moment`` of one more call:
+# its registers loaded, at its syscall-entry stop, or at its syscall-exit stop
+MID_CALL = r"""
+import os, signal, sys
+sys.path.insert(0, sys.argv[3])
+from lxc_cr.kernel.procfs import Proc
+from lxc_cr.kernel.ptrace import (ALL_SIGNALS, O_TRACESYSGOOD, PTRACE_SYSCALL, GuardedRemote,
+                                  Tracee, find_syscall_insn, trampoline)
+pid, moment = int(sys.argv[1]), sys.argv[2]
+tr = Tracee.seize(pid, O_TRACESYSGOOD)
+tr.interrupt()
+regs, mask = tr.getregs(), tr.get_sigmask()
+mem = os.open(f"/proc/{pid}/mem", os.O_RDWR)
+vdso = [m for m in Proc().maps(pid) if m.path == "[vdso]"][0]
+r = GuardedRemote(tr, find_syscall_insn(mem, vdso.start, vdso.end, pid), regs, mem, mask)
+page = r.call("mmap", 0, 8192, 7, 0x22, -1, 0)
+r.write(page + 4096, trampoline(regs, mask))
+r.ip = page + 4096
+assert r.call("getpid") > 0
+r._load("getppid", ())
+tr.set_sigmask(ALL_SIGNALS)
+for _ in range({"loaded": 0, "entry": 1, "exit": 2}[moment]):
+    tr._resume(PTRACE_SYSCALL)
+    assert tr.wait().sig == signal.SIGTRAP | 0x80
+print("dying", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _read_until(proc, want: bytes, timeout: float = 20.0) -> bytes:
+    os.set_blocking(proc.stdout.fileno(), False)
+    got = b""
+    deadline = time.monotonic() + timeout
+    while want not in got and time.monotonic() < deadline and proc.poll() is None:
+        got += proc.stdout.read() or b""
+        time.sleep(0.01)
+    return got
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+@pytest.mark.parametrize("moment", ["loaded", "entry", "exit"])
+def test_tracer_killed_in_the_middle_of_an_injected_call(target, moment):
+    proc = subprocess.Popen([sys.executable, "-c", TARGETS[target]], stdout=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        _read_until(proc, b"tick\n")
+        tracer = subprocess.run([sys.executable, "-c", MID_CALL, str(proc.pid), moment,
+                                 str(REPO)], capture_output=True, text=True, timeout=60)
+        assert tracer.returncode == -signal.SIGKILL and "dying" in tracer.stdout, tracer.stderr
+        # it runs on: ticks again, its mask is its own, and its handler still works
+        _read_until(proc, b"tick\n")
+        assert b"tick\n" in _read_until(proc, b"tick\n"), f"{target} stopped ticking"
+        assert proc.poll() is None, f"{target} died: {proc.returncode}"
+        assert sig_blocked(proc.pid) == 0
+        os.kill(proc.pid, signal.SIGUSR1)
+        assert b"got SIGUSR1\n" in _read_until(proc, b"got SIGUSR1\n")
+    finally:
+        proc.kill()
+        proc.wait()
