@@ -25,7 +25,8 @@ dies instead (SIGKILL, OOM), the intent stays behind, naming what to undo:
 
 Threads that were only ptrace-stopped need nothing: the kernel detaches them when their
 tracer dies and they run on (the dump keeps their own registers and signal mask in place
-between injected syscalls, see ``kernel.ptrace.GuardedRemote``).
+between injected syscalls, and a trampoline puts them back if it dies during one, see
+``kernel.ptrace.GuardedRemote``).
 """
 
 from __future__ import annotations
