@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import time
 from dataclasses import dataclass, field
 
@@ -21,8 +22,9 @@ from lxc_cr import faults, intent
 from lxc_cr import progress as progress_bar
 from lxc_cr.errors import OperationFailed, Refused, TaskGone, UnknownTarget
 from lxc_cr.kernel.procfs import Proc
-from lxc_cr.kernel.ptrace import (O_TRACESYSGOOD, TRAMPOLINE_SIZE, GuardedRemote, Remote,
-                                  Tracee, find_syscall_insn, reap, trampoline)
+from lxc_cr.kernel.ptrace import (O_TRACESYSGOOD, TRAMPOLINE_SIZE, TRAMPOLINE_USED,
+                                  GuardedRemote, Remote, Tracee, find_syscall_insn, pread_mem,
+                                  reap, trampoline)
 from lxc_cr.stats import DUMP_STATS, us
 
 PAGE = 4096
@@ -60,6 +62,7 @@ class TaskState:
     mem_fd: int = -1
     scratch: int = 0
     scratch_len: int = 0
+    vdso_pad: int = 0
     syscall_ip: int = 0
 
     @property
@@ -315,8 +318,7 @@ def release(tasks: list[TaskState]) -> None:
                 continue
             try:
                 if t.scratch and th is t.leader and th.remote is not None:
-                    th.remote.ip = t.syscall_ip      # not from the page being unmapped
-                    th.remote.call("munmap", t.scratch, t.scratch_len)
+                    _boot_call(t, "munmap", t.scratch, t.scratch_len)   # not from that page
                     t.scratch = 0
                 if th.regs is not None:
                     tr.setregs(th.regs)
@@ -488,6 +490,47 @@ def _xcr0(xstate: bytes) -> int:
     return 0
 
 
+def _vdso_pad(mem_fd: int, vdso, pid: int) -> int:
+    """An address in the padding after the end of the vdso's ELF image (its headers,
+    sections and section table) with room for one trampoline, or 0.  Nothing executes or
+    reads those bytes; a write there makes the task a private copy of that vdso page (as a
+    debugger's breakpoint does).  The place is the same every time, so what a killed dump
+    may have left there is simply overwritten."""
+    data = pread_mem(mem_fd, vdso.start, vdso.end - vdso.start, pid)
+    try:
+        if data[:4] != b"\x7fELF" or data[4] != 2:
+            return 0
+        phoff, shoff = struct.unpack_from("<QQ", data, 0x20)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", data, 0x36)
+        end = max(0x40, phoff + phentsize * phnum, shoff + shentsize * shnum)
+        for i in range(phnum):
+            _t, _f, off, _v, _p, filesz = struct.unpack_from("<IIQQQQ", data, phoff + i * phentsize)
+            end = max(end, off + filesz)
+        for i in range(shnum):
+            _n, typ, _f, _a, off, size = struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize)
+            if typ != 8:                                    # SHT_NOBITS takes no room
+                end = max(end, off + size)
+    except struct.error:
+        return 0
+    at = (end + 63) & ~63
+    return vdso.start + at if at + TRAMPOLINE_USED <= len(data) else 0
+
+
+def _boot_call(t: TaskState, name: str, *args: int) -> int:
+    """A call of the leader made while its trampoline page does not exist (the mmap that
+    makes it, the munmap that removes it): from a trampoline written into the vdso's
+    padding, zeroed again afterwards, or (no room) from the vdso's own syscall."""
+    remote = t.leader.remote
+    remote.ip = t.vdso_pad or t.syscall_ip
+    if t.vdso_pad:
+        remote.write(t.vdso_pad, trampoline(t.leader.regs, t.leader.sigmask))
+    try:
+        return remote.call(name, *args)
+    finally:
+        if t.vdso_pad and remote.t.state.value == "stopped":
+            remote.write(t.vdso_pad, bytes(TRAMPOLINE_USED))
+
+
 def _prepare(proc: Proc, t: TaskState) -> None:
     """Registers, signal masks and an injection path for every thread of a frozen task."""
     if t.zombie:
@@ -511,9 +554,11 @@ def _prepare(proc: Proc, t: TaskState) -> None:
         th.nstids = list(th.creds.nspid[level:])
         th.tid = th.nstids[0]
     # one page for call buffers, then one trampoline per thread (kernel.ptrace.trampoline):
-    # from now on a thread whose tracer dies mid-call finds its own way back
+    # from now on a thread whose tracer dies mid-call finds its own way back.  The mmap
+    # that makes that page runs from a trampoline in the vdso's zero padding.
+    t.vdso_pad = _vdso_pad(t.mem_fd, vdso[0], t.host_pid)
     size = PAGE + -(-len(t.threads) * TRAMPOLINE_SIZE // PAGE) * PAGE
-    t.scratch = t.leader.remote.call("mmap", 0, size, PROT_RWX, MAP_PRIVATE_ANON, -1, 0)
+    t.scratch = _boot_call(t, "mmap", 0, size, PROT_RWX, MAP_PRIVATE_ANON, -1, 0)
     t.scratch_len = size
     for i, th in enumerate(t.threads):
         at = t.scratch + PAGE + i * TRAMPOLINE_SIZE

@@ -411,8 +411,9 @@ def find_syscall_insn(mem_fd: int, start: int, end: int, pid: int) -> int | None
 
 
 # The dump's way back for a thread whose tracer dies in the middle of an injected syscall.
-# Each thread of a task being dumped gets its own copy (TRAMPOLINE_SIZE bytes, in an RWX
-# mapping of its own task).  Its first instruction is the ``syscall`` every injected call
+# Each thread of a task being dumped gets its own copy (in an RWX mapping of its own task;
+# the leader's first and last calls, which make and remove that mapping, run from a copy in
+# the zero padding of the task's vdso).  Its first instruction is the ``syscall`` every injected call
 # runs; the tracer normally takes the thread back at that syscall's exit stop and puts its
 # registers back.  Only if the tracer is gone does the thread run on past it, and then the
 # rest puts it back by itself: rt_sigprocmask(SIG_SETMASK, saved mask), all general
@@ -436,13 +437,14 @@ _TRAMPOLINE_CODE = bytes.fromhex(
     "5d41584159415a415b415c415d415e415f9d488b25c5000000ff25c7000000")
 _TRAMPOLINE_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp",
                     "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
-TRAMPOLINE_SIZE = 512
+TRAMPOLINE_SIZE = 512                  # the spacing of trampolines in a page
+TRAMPOLINE_USED = 0x80 + 19 * 8        # code, then mask, 15 registers, rflags, rsp, rip
 _RESTART = {512, 513, 514}            # -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND
 _RESTARTBLOCK, _NR_RESTART_SYSCALL = 516, 219
 
 
 def trampoline(regs: Regs, sigmask: int) -> bytes:
-    """The TRAMPOLINE_SIZE bytes of one thread's way back to ``regs`` and ``sigmask``."""
+    """The TRAMPOLINE_USED bytes of one thread's way back to ``regs`` and ``sigmask``."""
     r = regs.copy()
     ax = r.rax - 2 ** 64 if r.rax >= 2 ** 63 else r.rax
     if r.orig_rax < 2 ** 63 and -ax in _RESTART | {_RESTARTBLOCK}:
@@ -450,8 +452,7 @@ def trampoline(regs: Regs, sigmask: int) -> bytes:
         r.rax = _NR_RESTART_SYSCALL if -ax == _RESTARTBLOCK else r.orig_rax
         r.rip -= 2
     slots = [sigmask] + [getattr(r, n) for n in _TRAMPOLINE_GPRS] + [r.eflags, r.rsp, r.rip]
-    body = _TRAMPOLINE_CODE.ljust(0x80, b"\xcc") + struct.pack(f"<{len(slots)}Q", *slots)
-    return body.ljust(TRAMPOLINE_SIZE, b"\xcc")
+    return _TRAMPOLINE_CODE.ljust(0x80, b"\xcc") + struct.pack(f"<{len(slots)}Q", *slots)
 
 
 class GuardedRemote(Remote):
@@ -467,8 +468,7 @@ class GuardedRemote(Remote):
       next instruction;
     - once ``ip`` is the thread's trampoline (see ``trampoline``), a death during a call
       leaves the thread on a path back to its own registers and mask; the order of the
-      register and mask changes below keeps that true at every instant.  Only the calls
-      made from the vdso's syscall (mapping the trampoline, unmapping it) are exposed.
+      register and mask changes below keeps that true at every instant.
 
     Needs PTRACE_O_TRACESYSGOOD.
     """

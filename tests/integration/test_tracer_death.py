@@ -111,25 +111,30 @@ while True:
 """,
 }
 
-# what the dump does to a stopped thread (map a page from the vdso's syscall, put the
-# thread's trampoline in it, run calls from there), then die at ``moment`` of one more call:
-# its registers loaded, at its syscall-entry stop, or at its syscall-exit stop
+# what the dump does to a stopped thread (put its trampoline in a page of its own, or in the
+# vdso's padding, run calls from there), then die at ``moment`` of one more call: its
+# registers loaded, at its syscall-entry stop, or at its syscall-exit stop
 MID_CALL = r"""
 import os, signal, sys
 sys.path.insert(0, sys.argv[3])
 from lxc_cr.kernel.procfs import Proc
 from lxc_cr.kernel.ptrace import (ALL_SIGNALS, O_TRACESYSGOOD, PTRACE_SYSCALL, GuardedRemote,
                                   Tracee, find_syscall_insn, trampoline)
-pid, moment = int(sys.argv[1]), sys.argv[2]
+from lxc_cr.dump import _vdso_pad
+pid, moment, where = int(sys.argv[1]), sys.argv[2], sys.argv[4]
 tr = Tracee.seize(pid, O_TRACESYSGOOD)
 tr.interrupt()
 regs, mask = tr.getregs(), tr.get_sigmask()
 mem = os.open(f"/proc/{pid}/mem", os.O_RDWR)
 vdso = [m for m in Proc().maps(pid) if m.path == "[vdso]"][0]
 r = GuardedRemote(tr, find_syscall_insn(mem, vdso.start, vdso.end, pid), regs, mem, mask)
-page = r.call("mmap", 0, 8192, 7, 0x22, -1, 0)
-r.write(page + 4096, trampoline(regs, mask))
-r.ip = page + 4096
+if where == "vdso-pad":           # where the dump's first and last calls run from
+    at = _vdso_pad(mem, vdso, pid)
+    assert at, "no room in the vdso's padding"
+else:
+    at = r.call("mmap", 0, 8192, 7, 0x22, -1, 0) + 4096
+r.write(at, trampoline(regs, mask))
+r.ip = at
 assert r.call("getpid") > 0
 r._load("getppid", ())
 tr.set_sigmask(ALL_SIGNALS)
@@ -153,14 +158,15 @@ def _read_until(proc, want: bytes, timeout: float = 20.0) -> bytes:
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
 @pytest.mark.parametrize("moment", ["loaded", "entry", "exit"])
-def test_tracer_killed_in_the_middle_of_an_injected_call(target, moment):
+@pytest.mark.parametrize("where", ["page", "vdso-pad"])
+def test_tracer_killed_in_the_middle_of_an_injected_call(target, moment, where):
     proc = subprocess.Popen([sys.executable, "-c", TARGETS[target]], stdout=subprocess.PIPE,
                             stdin=subprocess.DEVNULL)
     try:
         assert proc.stdout.readline() == b"ready\n"
         _read_until(proc, b"tick\n")
         tracer = subprocess.run([sys.executable, "-c", MID_CALL, str(proc.pid), moment,
-                                 str(REPO)], capture_output=True, text=True, timeout=60)
+                                 str(REPO), where], capture_output=True, text=True, timeout=60)
         assert tracer.returncode == -signal.SIGKILL and "dying" in tracer.stdout, tracer.stderr
         # it runs on: ticks again, its mask is its own, and its handler still works
         _read_until(proc, b"tick\n")
