@@ -84,8 +84,46 @@ def _status_init_pid(name: str, timeout: float = 0.0) -> int:
                 _ppid(int(init.group(1))) == int(ctrl.group(1)):
             return int(init.group(1))
         if time.monotonic() >= deadline:
-            raise OperationFailed(f"domain '{name}': no live init pid in {STATUS_DIR}/{name}.xml")
+            pid = _controller_init(name, int(ctrl.group(1))) if ctrl else None
+            if pid is not None:
+                return pid
+            said = f"init pid='{init.group(1)}'" if init else "no init pid"
+            raise OperationFailed(f"domain '{name}': no live init pid in {STATUS_DIR}/{name}.xml "
+                                  f"({said}, and no controller with one init child)")
         time.sleep(0.005)
+
+
+def _controller_init(name: str, ctrl: int) -> int | None:
+    """The init of domain ``name`` as its controller sees it, for when the status file keeps
+    ``<init pid='0'/>`` (libvirtd learns the pid only from an event of the controller's
+    monitor, written asynchronously, and never again if it missed it).
+
+    Only a proven answer: ``ctrl`` must be ``libvirt_lxc --name NAME`` (not a reused pid),
+    and the init is its one child that is pid 1 of another pid namespace (the container
+    libvirt_lxc cloned).  Otherwise None, and the caller refuses."""
+    try:
+        with open(f"/proc/{ctrl}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        own_ns = os.readlink(f"/proc/{ctrl}/ns/pid")
+        kids = []
+        for tid in os.listdir(f"/proc/{ctrl}/task"):
+            with open(f"/proc/{ctrl}/task/{tid}/children") as f:
+                kids += [int(k) for k in f.read().split()]
+    except (OSError, ValueError):
+        return None
+    if os.path.basename(argv[0]) != b"libvirt_lxc" or \
+            not any(a == b"--name" and b == name.encode() for a, b in zip(argv, argv[1:])):
+        return None
+    found = []
+    for k in kids:
+        try:
+            with open(f"/proc/{k}/status") as f:
+                nspid = [ln.split()[1:] for ln in f if ln.startswith("NSpid:")][0]
+            if nspid[-1] == "1" and len(nspid) > 1 and os.readlink(f"/proc/{k}/ns/pid") != own_ns:
+                found.append(k)
+        except (OSError, IndexError):
+            pass
+    return found[0] if len(found) == 1 and _ppid(found[0]) == ctrl else None
 
 
 def _ppid(pid: int) -> int:

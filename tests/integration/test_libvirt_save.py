@@ -185,3 +185,23 @@ def test_transient_paused_restore_and_console(libvirt_domain, tmp_path):
                               if w.startswith("tick") and w[4:].isdigit()], what="ticks")
     assert ticks == sorted(ticks) and ticks[0] > 1, ticks   # continued, not restarted
     assert virsh("destroy", name).returncode == 0
+
+
+def test_init_found_through_the_controller(libvirt_domain, tmp_path):
+    """When libvirtd's status file keeps <init pid='0'/> (it learns the pid only from an
+    asynchronous event of the controller's monitor), the init is found from the controller
+    itself, and only where that is proven: libvirt_lxc --name NAME and its one child that is
+    pid 1 of another pid namespace.  Checked against the pid libvirt recorded."""
+    import os
+    import re as re_
+    from lxc_cr.runtime.libvirt import STATUS_DIR, _controller_init
+    dom, _ = counter_domain(libvirt_domain, tmp_path, "ctl")
+    name = dom.name()
+    text = Path(f"{STATUS_DIR}/{name}.xml").read_text()
+    ctrl = int(re_.search(r"<domstatus [^>]*pid='(\d+)'", text).group(1))
+    init = int(re_.search(r"<init pid='(\d+)'", text).group(1))
+    assert init > 0
+    assert _controller_init(name, ctrl) == init
+    assert _controller_init(name + "-other", ctrl) is None     # another domain's controller
+    assert _controller_init(name, os.getpid()) is None        # not a libvirt_lxc at all
+    assert _controller_init(name, init) is None               # the init is no controller
