@@ -81,7 +81,11 @@ def generate() -> str:
     add("* Source kinds: " + ", ".join(f"`{n}`={v}" for n, v in F.SOURCE_KINDS.items()) + ".")
     add("* Block codecs: " + ", ".join(f"{v} `{n}`" for v, n in F.CODECS.items()) +
         ".  A zstd block is one zstd frame with its content size; the writer stores a block "
-        "raw when compression does not make it smaller.")
+        "raw when compression does not make it smaller.  Flag "
+        f"{F.CODEC_CRC32C:#x} in the codec byte: the block's `crc32` field is CRC-32C "
+        "(Castagnoli, as the `crc32c` package computes it with the CPU's crc32 instruction) "
+        "instead of zlib's CRC-32, over the stored bytes; the writer sets it on every block it "
+        "writes, and readers accept both.")
     add("")
     add(f"## Header (version {F.CURRENT_VERSION})")
     add("")

@@ -105,7 +105,7 @@ def summarize(r: ImageReader) -> dict:
             page_data["blocks"] += 1
             page_data["length"] += b.length
             page_data["stored"] += b.stored
-            page_data["zstd_blocks"] += b.codec == F.CODEC_ZSTD
+            page_data["zstd_blocks"] += F.codec_kind(b.codec) == F.CODEC_ZSTD
         elif name == "fd":
             fds.setdefault(obj.pid, []).append(dict(
                 fd=obj.fd, kind=obj.kind, target=obj.target, flags=obj.flags,

@@ -30,8 +30,9 @@ _DECODE_ERRORS = (cs.ConstructError, UnicodeError, ValueError, OverflowError, Ke
 class _Region:
     """A file-like view of [offset, offset+length) that checksums what is read."""
 
-    def __init__(self, reader: "ImageReader", offset: int, length: int):
+    def __init__(self, reader: "ImageReader", offset: int, length: int, checksum=zlib.crc32):
         self.reader, self.pos, self.left, self.crc = reader, offset, length, 0
+        self.checksum = checksum
 
     def read(self, size: int = -1) -> bytes:
         n = self.left if size is None or size < 0 else min(size, self.left)
@@ -40,7 +41,7 @@ class _Region:
         data = self.reader.pread(n, self.pos)
         self.pos += n
         self.left -= n
-        self.crc = zlib.crc32(data, self.crc)
+        self.crc = self.checksum(data, self.crc)
         return data
 
 
@@ -358,7 +359,7 @@ class ImageReader:
                 self._check_ref(ref)
                 if not blocks:
                     continue
-                if ref["codec"] == F.CODEC_RAW:
+                if F.codec_kind(ref["codec"]) == F.CODEC_RAW:
                     self._stored_crc(ref)
                 else:
                     for _ in self._zstd_chunks(ref):
@@ -388,25 +389,27 @@ class ImageReader:
         off, length, stored, codec = ref["offset"], ref["length"], ref["stored"], ref["codec"]
         if not (off or length or stored or codec or ref["crc32"]):
             return                  # the all-zero reference: an empty block, no bytes
-        if codec not in F.CODECS:
+        kind = F.codec_kind(codec)
+        if kind not in F.CODECS:
             raise self.error(f"unknown block codec {codec}", off, "block")
         if off % F.BLOCK_ALIGN or off < F.HEADER_SIZE or off + stored > self.index_offset:
             raise self.error(f"block (offset {off}, {stored} bytes) outside the data area",
                              off, "block")
-        if codec == F.CODEC_RAW and stored != length:
+        if kind == F.CODEC_RAW and stored != length:
             raise self.error(f"raw block stored length {stored} differs from length {length}",
                              off, "block")
-        if codec == F.CODEC_ZSTD and length > max(stored, 1) * _ZSTD_MAX_RATIO:
+        if kind == F.CODEC_ZSTD and length > max(stored, 1) * _ZSTD_MAX_RATIO:
             raise self.error(f"zstd block length {length} is implausible for {stored} stored "
                              "bytes", off, "block")
 
     def _stored_crc(self, ref, chunk_cb=None) -> None:
         off, stored = ref["offset"], ref["stored"]
+        checksum = F.block_crc(ref["codec"])
         crc = 0
         pos = 0
         while pos < stored:
             data = self.pread(min(_CHUNK, stored - pos), off + pos)
-            crc = zlib.crc32(data, crc)
+            crc = checksum(data, crc)
             if chunk_cb:
                 chunk_cb(data)
             pos += len(data)
@@ -418,7 +421,7 @@ class ImageReader:
         """Decompressed chunks (at most _OUT_CHUNK bytes each) of a zstd block; the stored
         crc32 is computed on the way and checked at the end."""
         import zstandard
-        src = _Region(self, ref["offset"], ref["stored"])
+        src = _Region(self, ref["offset"], ref["stored"], F.block_crc(ref["codec"]))
         total = 0
         try:
             for out in zstandard.ZstdDecompressor().read_to_iter(
@@ -445,9 +448,9 @@ class ImageReader:
     def read_block(self, ref, check: bool = True) -> bytes:
         """The (decompressed) bytes of the block ``ref`` (a BlockRef Container or dict)."""
         self._check_ref(ref)
-        if ref["codec"] == F.CODEC_RAW:
+        if F.codec_kind(ref["codec"]) == F.CODEC_RAW:
             data = self.pread(ref["stored"], ref["offset"])
-            if check and zlib.crc32(data) != ref["crc32"]:
+            if check and F.block_crc(ref["codec"])(data, 0) != ref["crc32"]:
                 raise self.error("block checksum mismatch", ref["offset"], "block")
             return data
         return b"".join(self._zstd_chunks(ref))
@@ -460,12 +463,14 @@ class ImageReader:
         if mv.nbytes < length:
             raise ValueError(f"buffer of {mv.nbytes} bytes for a block of {length}")
         mv = mv[:length]
-        if ref["codec"] == F.CODEC_RAW and self._src is not None:
+        raw = F.codec_kind(ref["codec"]) == F.CODEC_RAW
+        checksum = F.block_crc(ref["codec"])
+        if raw and self._src is not None:
             mv[:] = self.pread(length, ref["offset"])
-            if check and zlib.crc32(mv) != ref["crc32"]:
+            if check and checksum(mv, 0) != ref["crc32"]:
                 raise self.error("block checksum mismatch", ref["offset"], "block")
             return length
-        if ref["codec"] == F.CODEC_RAW:
+        if raw:
             got = 0
             try:
                 while got < length:
@@ -475,7 +480,7 @@ class ImageReader:
                     got += n
             except OSError as e:
                 raise self.error(f"read error: {e.strerror}", ref["offset"], "block") from None
-            if check and zlib.crc32(mv) != ref["crc32"]:
+            if check and checksum(mv, 0) != ref["crc32"]:
                 raise self.error("block checksum mismatch", ref["offset"], "block")
             return length
         pos = 0

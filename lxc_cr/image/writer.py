@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import time
-import zlib
 
 import construct as cs
 
@@ -194,6 +193,7 @@ class ImageWriter:
         length = sum(v.nbytes for v in views)
         crc = 0
         codec = F.CODEC_RAW
+        checksum = F.block_crc(F.CODEC_CRC32C)
         stored_views = views
         if self._cctx is not None and length:
             co = self._cctx.compressobj(size=length)
@@ -204,7 +204,7 @@ class ImageWriter:
                 codec = F.CODEC_ZSTD
                 stored_views = [memoryview(c) for c in chunks]
         for v in stored_views:
-            crc = zlib.crc32(v, crc)
+            crc = checksum(v, crc)
         stored = sum(v.nbytes for v in stored_views)
         off = self._start_block()
         try:
@@ -214,7 +214,8 @@ class ImageWriter:
         self._pos = off + stored
         self._buf_off = self._pos
         self._count_block(length, stored)
-        return dict(offset=off, length=length, stored=stored, codec=codec, crc32=crc)
+        return dict(offset=off, length=length, stored=stored, codec=codec | F.CODEC_CRC32C,
+                    crc32=crc)
 
     def reserve_block(self, length: int) -> int:
         """Reserve an aligned region for ``length`` raw bytes the caller writes to fileno()."""

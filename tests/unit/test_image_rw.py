@@ -76,8 +76,32 @@ def test_roundtrip_records_and_blocks(tmp_path, compress):
         assert r.read_block(refs[0]) == b"\x11" * 4096
         assert r.read_block(refs[1]) == b"a" * 100 + b"b" * 5000 + b"c" * 7
         if compress:
-            assert refs[0].codec == F.CODEC_ZSTD and refs[0].stored < 4096
-            assert refs[2].codec == F.CODEC_RAW       # random data: stored raw
+            assert F.codec_kind(refs[0].codec) == F.CODEC_ZSTD and refs[0].stored < 4096
+            assert F.codec_kind(refs[2].codec) == F.CODEC_RAW   # random data: stored raw
+        # write_block's checksums are CRC-32C (flagged), over the stored bytes
+        import crc32c
+        for ref in refs[:3]:
+            assert ref.codec & F.CODEC_CRC32C
+            stored = r.pread(ref.stored, ref.offset)
+            assert ref.crc32 == crc32c.crc32c(stored) != zlib.crc32(stored)
+
+
+def test_crc32c_block_checked(tmp_path):
+    """A flagged block whose bytes changed is refused on read, like a CRC-32 one."""
+    p = tmp_path / "img"
+    with ImageWriter(str(p), source_kind="tree") as w:
+        ref = w.write_block(b"\x5a" * 8192)
+        w.add(kinds.by_name("pages"), dict(pid=1, shmem_id=0, vaddr=0x400000, npages=2,
+                                           block=ref))
+    assert ref["codec"] == F.CODEC_RAW | F.CODEC_CRC32C
+    with open(p, "r+b") as f:
+        f.seek(ref["offset"] + 100)
+        f.write(b"\x00")
+    with ImageReader(str(p)) as r:
+        with pytest.raises(ImageError, match="checksum"):
+            r.read_block(ref)
+        with pytest.raises(ImageError, match="checksum"):
+            r.verify()
 
 
 def test_mode_0600_and_no_temp_left(tmp_path):
