@@ -40,6 +40,7 @@ $(VENV_STAMP): pyproject.toml | root
 
 # internal: packages, venv, bridge and libvirtd
 setup: $(VENV_STAMP)
+	$(PY) -m compileall -q lxc_cr   # byte code, as an installed package has: each start of lxc-cr
 	integration/env-up.sh
 
 # env-down.sh first removes what an interrupted earlier run left; check-clean.sh runs even
