@@ -16,6 +16,10 @@ V1_ROOT = "/sys/fs/cgroup/freezer"
 V2_ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
 
 
+class _NotFrozen(Exception):
+    """One try at freezing timed out (the group is thawed again)."""
+
+
 def parse_cgroup(data: str) -> dict[str, str]:
     """{controller: path}; the v2 entry is keyed by ''."""
     out = {}
@@ -63,15 +67,57 @@ class Freezer:
             return f.read().strip()
 
     def freeze(self) -> None:
+        """Freeze, retrying (thawed in between) until ``timeout``.  A task can hold a freeze
+        off for as long as it waits on another one that froze first: a libvirt domain's
+        cgroup holds its controller, libvirt_lxc, which serves the FUSE files of the
+        domain's /proc; a reader of one of them waits uninterruptibly for a frozen server.
+        Thawing lets it finish; each try is short (ATTEMPT s) for that reason."""
+        from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+        try:
+            for attempt in Retrying(stop=stop_after_delay(self.timeout), wait=wait_fixed(0.05),
+                                    retry=retry_if_exception_type(_NotFrozen), reraise=True):
+                with attempt:
+                    self._freeze_once(min(self.ATTEMPT, self.timeout))
+        except _NotFrozen as e:
+            raise OperationFailed(f"{self.dir}: did not freeze within {self.timeout} s"
+                                  f"{e}") from None
+
+    ATTEMPT = 2.0
+
+    def _freeze_once(self, timeout: float) -> None:
         self._write("1" if self.v2 else "FROZEN")
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + timeout
         delay = 0.0002
         while self.state() != "FROZEN":
             if time.monotonic() > deadline:
+                stuck = self._not_frozen()
                 self.thaw()
-                raise OperationFailed(f"{self.dir}: did not freeze within {self.timeout} s")
+                raise _NotFrozen(f" (not frozen: {', '.join(stuck)})" if stuck else "")
             time.sleep(delay)
             delay = min(delay * 2, 0.01)
+
+    def _not_frozen(self) -> list[str]:
+        """``pid (comm) in wchan`` of the tasks that hold the freeze off: running, or in an
+        uninterruptible wait (a task in an interruptible sleep counts as frozen)."""
+        out = []
+        try:
+            with open(f"{self.dir}/cgroup.procs" if self.v2 else f"{self.dir}/tasks") as f:
+                tids = f.read().split()
+        except OSError:
+            return out
+        for tid in tids:
+            try:
+                with open(f"/proc/{tid}/stat") as f:
+                    head, tail = f.read().rsplit(")", 1)
+                with open(f"/proc/{tid}/wchan") as f:
+                    wchan = f.read().strip()
+            except OSError:
+                continue
+            state = tail.split()[0]
+            if state in ("R", "D") and wchan not in ("__refrigerator", "do_freezer_trap"):
+                comm = head.split("(", 1)[1]
+                out.append(f"{tid} ({comm}) {'running' if state == 'R' else 'in ' + wchan}")
+        return out
 
     def thaw(self) -> None:
         self._write("0" if self.v2 else "THAWED")
