@@ -68,10 +68,12 @@ class Freezer:
 
     def freeze(self) -> None:
         """Freeze, retrying (thawed in between) until ``timeout``.  A task can hold a freeze
-        off for as long as it waits on another one that froze first: a libvirt domain's
-        cgroup holds its controller, libvirt_lxc, which serves the FUSE files of the
-        domain's /proc; a reader of one of them waits uninterruptibly for a frozen server.
-        Thawing lets it finish; each try is short (ATTEMPT s) for that reason."""
+        off for as long as it waits uninterruptibly on another one that froze first.  A
+        libvirt domain's cgroup holds its controller, libvirt_lxc, which serves the FUSE
+        files of the domain's /proc, so a reader of one of them would wait for a frozen
+        server (a likely cause of a CI run's "did not freeze"; that error did not say).
+        Thawing lets such a wait finish; each try is short (ATTEMPT s) for that reason, and
+        the final error names the tasks that held the freeze off."""
         from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
         try:
             for attempt in Retrying(stop=stop_after_delay(self.timeout), wait=wait_fixed(0.05),
