@@ -169,7 +169,8 @@ class Tracee:
         stops the thread; the thread's mask is put back at that stop.  The signal stays
         pending in the kernel, not only in our memory: if lxc-cr dies (SIGKILL) while the
         tree is stopped, the detached thread still receives it.  Only SIGSTOP, which cannot
-        be blocked, is kept here and sent again at detach."""
+        be blocked, is kept here and sent again at detach.  (A death in the instant between
+        blocking and the event stop would leave the thread's signals blocked.)"""
         mask = None
         while True:
             st = self.wait()
@@ -413,10 +414,10 @@ def find_syscall_insn(mem_fd: int, start: int, end: int, pid: int) -> int | None
 # The dump's way back for a thread whose tracer dies in the middle of an injected syscall.
 # Each thread of a task being dumped gets its own copy (in an RWX mapping of its own task;
 # the leader's first and last calls, which make and remove that mapping, run from a copy in
-# the zero padding of the task's vdso).  Its first instruction is the ``syscall`` every injected call
-# runs; the tracer normally takes the thread back at that syscall's exit stop and puts its
-# registers back.  Only if the tracer is gone does the thread run on past it, and then the
-# rest puts it back by itself: rt_sigprocmask(SIG_SETMASK, saved mask), all general
+# the padding after its vdso's ELF image).  Its first instruction is the ``syscall`` every
+# injected call runs; the tracer normally takes the thread back at that syscall's exit stop
+# and puts its registers back.  Only if the tracer is gone does the thread run on past it,
+# and then the rest puts it back by itself: rt_sigprocmask(SIG_SETMASK, saved mask), all general
 # registers and rflags from the saved slots, its stack pointer, and a jump to where it was
 # stopped (an interrupted syscall rewound to restart, as the kernel would have done).
 # Assembled from (Intel syntax):
