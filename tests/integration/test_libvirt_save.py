@@ -205,3 +205,20 @@ def test_init_found_through_the_controller(libvirt_domain, tmp_path):
     assert _controller_init(name + "-other", ctrl) is None     # another domain's controller
     assert _controller_init(name, os.getpid()) is None        # not a libvirt_lxc at all
     assert _controller_init(name, init) is None               # the init is no controller
+
+
+def test_wait_inactive_destroys_a_domain_whose_tree_is_gone(libvirt_domain, tmp_path):
+    """libvirtd sometimes loses its monitor connection to a domain's controller at start-up
+    and then never learns that the domain ended.  After a save has killed the tree, lxc-cr
+    destroys such a domain through libvirt (cleanup only); a persistent one stays defined.
+    Here the init is killed by hand and lxc-cr does not wait for libvirtd to notice."""
+    import os
+    import signal as sig
+
+    from lxc_cr.runtime.libvirt import _wait_inactive, init_pid
+    dom, _ = counter_domain(libvirt_domain, tmp_path, "gone")
+    name = dom.name()
+    os.kill(init_pid(name), sig.SIGKILL)
+    _wait_inactive(dom, name, timeout=30, notice=0)
+    assert state(name) == "shut off"
+    assert name in virsh("list", "--all", "--name").stdout.split()
