@@ -515,7 +515,7 @@ def _proc_boundary(method):
             tid = sig.bind(self, pid, *args, **kwargs).arguments.get("tid")
             if tid is not None and not os.path.exists(self._path(pid, "", tid)):
                 raise TaskGone(tid) from e
-            if self._zombie(pid):
+            if self.exiting(pid):
                 raise TaskGone(pid, "zombie") from e
             if e.errno == errno.ESRCH:
                 raise TaskGone(pid if tid is None else tid) from e
@@ -537,13 +537,17 @@ class Proc:
         base = f"{self.root}/{pid}" if tid is None else f"{self.root}/{pid}/task/{tid}"
         return f"{base}/{name}" if name else base
 
-    def _zombie(self, pid: int) -> bool:
-        """Exited (Z, X) or exiting: do_exit() drops the task's namespaces, files and mm
-        (exit_task_namespaces, exit_files, exit_mm) before exit_notify() makes it a zombie,
-        so meanwhile /proc/PID/ns/* and fd/* give ENOENT while PF_EXITING is set."""
+    def exiting(self, pid: int) -> bool:
+        """Gone, exited (Z, X) or exiting: do_exit() drops the task's namespaces, files and
+        mm (exit_task_namespaces, exit_files, exit_mm), and on cgroup v1 puts it back in each
+        hierarchy's root (cgroup_exit), before exit_notify() makes it a zombie, so meanwhile
+        /proc/PID/ns/* and fd/* give ENOENT and /proc/PID/cgroup says "/" while PF_EXITING
+        is set."""
         try:
             st = parse_stat(self._read(pid, "stat"))
-        except (OSError, ValueError):
+        except OSError:
+            return True
+        except ValueError:
             return False
         return is_zombie(st) or bool(st.flags & PF_EXITING)
 
@@ -574,7 +578,7 @@ class Proc:
 
     def _need_mm(self, pid: int, data: bytes) -> bytes:
         """Empty maps/auxv means no mm: a kernel thread (fine) or a zombie (TaskGone)."""
-        if not data and self._zombie(pid):
+        if not data and self.exiting(pid):
             raise TaskGone(pid, "zombie")
         return data
 

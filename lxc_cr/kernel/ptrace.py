@@ -345,17 +345,26 @@ class Remote:
         Used for the munmap of the scratch page that holds the syscall instruction itself.
         """
         self._load(name, args)
-        for _ in range(2):          # syscall-entry stop, then syscall-exit stop
+        self._through_syscall(name)
+        self._result(name, args)
+        self.t.setregs(final)
+
+    def _through_syscall(self, name: str, expect_exit: bool = False) -> bool:
+        """Resume the loaded syscall with PTRACE_SYSCALL to its syscall-entry stop, then to
+        its syscall-exit stop (event stops on the way are passed).  False if the thread
+        exited and ``expect_exit`` allows it."""
+        for _ in range(2):
             self.t._resume(PTRACE_SYSCALL)
             while True:
                 st = self.t.wait()
                 if st.exited:
+                    if expect_exit:
+                        return False
                     raise TaskGone(self.t.tid, f"exited during injected {name}()")
                 if st.sig == (signal.SIGTRAP | 0x80) or (st.sig == signal.SIGTRAP and st.event == 0):
                     break
                 self.t._resume(PTRACE_SYSCALL)
-        self._result(name, args)
-        self.t.setregs(final)
+        return True
 
     # --- memory -------------------------------------------------------------------------------
     def read(self, addr: int, n: int) -> bytes:
@@ -482,17 +491,8 @@ class GuardedRemote(Remote):
         self._load(name, args)          # registers first: the trampoline restores the mask
         try:
             self.t.set_sigmask(ALL_SIGNALS)
-            for _ in range(2):                  # syscall-entry stop, then syscall-exit stop
-                self.t._resume(PTRACE_SYSCALL)
-                while True:
-                    st = self.t.wait()
-                    if st.exited:
-                        if expect_exit:
-                            return 0
-                        raise TaskGone(self.t.tid, f"exited during injected {name}()")
-                    if st.sig == signal.SIGTRAP | 0x80:
-                        break
-                    self.t._resume(PTRACE_SYSCALL)   # an event stop on the way
+            if not self._through_syscall(name, expect_exit):
+                return 0
             return self._result(name, args)
         finally:
             if self.t.state.value == "stopped":

@@ -108,19 +108,6 @@ def _cgroups(pid: int, tid: int | None = None) -> dict[str, str]:
         raise TaskGone(pid) from None
 
 
-PF_EXITING = 0x4
-
-
-def _exiting(pid: int) -> bool:
-    """The task is exiting (in do_exit(), a zombie) or gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return fields[0] in ("Z", "X", "x") or bool(int(fields[6]) & PF_EXITING)
-    except (OSError, IndexError, ValueError):
-        return True
-
-
 def _below(path: str, root: str) -> str | None:
     """path relative to root ("" for root itself), None if it is not below root."""
     if path == root:
@@ -141,7 +128,7 @@ def check(proc, tasks) -> list[Unsupported]:
             mine = _cgroups(t.host_pid)
             for h, path in mine.items():
                 if h in root and _below(path, root[h]) is None:
-                    if _exiting(t.host_pid):
+                    if proc.exiting(t.host_pid):
                         # cgroup_exit() has already put it back in the root of every v1
                         # hierarchy (a container's short-lived sleep): the freeze finds it
                         # gone or a zombie

@@ -60,7 +60,7 @@ def test_exiting_task_is_not_refused_for_its_cgroup():
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert "freezer:/\n" in Path(f"/proc/{child}/cgroup").read_text()   # back in the root
-        assert ns_cgroup._exiting(child) and not ns_cgroup._exiting(root.pid)
+        assert Proc().exiting(child) and not Proc().exiting(root.pid)
         # as when it was listed alive just before it exited
         problems = ns_cgroup.check(Proc(), [task(root.pid, "python3"), task(child, "python3")])
         assert not [p for p in problems if f"pid {child} " in str(p)], problems
