@@ -107,18 +107,17 @@ class Freezer:
                 tids = f.read().split()
         except OSError:
             return out
-        for tid in tids:
+        from lxc_cr.kernel.procfs import Proc
+        proc = Proc()
+        for tid in map(int, tids):
             try:
-                with open(f"/proc/{tid}/stat") as f:
-                    head, tail = f.read().rsplit(")", 1)
-                with open(f"/proc/{tid}/wchan") as f:
-                    wchan = f.read().strip()
-            except OSError:
+                st = proc.stat(tid)
+                wchan = proc.read(tid, "wchan").decode().strip()
+            except OperationFailed:                 # TaskGone too: it went meanwhile
                 continue
-            state = tail.split()[0]
-            if state in ("R", "D") and wchan not in ("__refrigerator", "do_freezer_trap"):
-                comm = head.split("(", 1)[1]
-                out.append(f"{tid} ({comm}) {'running' if state == 'R' else 'in ' + wchan}")
+            if st.state in ("R", "D") and wchan not in ("__refrigerator", "do_freezer_trap"):
+                out.append(f"{tid} ({st.comm}) "
+                           f"{'running' if st.state == 'R' else 'in ' + wchan}")
         return out
 
     def thaw(self) -> None:
