@@ -80,6 +80,16 @@ def ptrace(request: int, pid: int, addr=0, data=0, *, op: str = "ptrace") -> int
     return r
 
 
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing a file range's dirty pages to disk without waiting for it
+    (sync_file_range(2) with SYNC_FILE_RANGE_WRITE only).  A hint: the data is durable only
+    after fsync."""
+    syscall("sync_file_range", fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
 def prctl(option: int, a2=0, a3=0, a4=0, a5=0) -> int:
     return syscall("prctl", option, a2, a3, a4, a5)
 
