@@ -20,11 +20,12 @@ write the dumped pages with pwritev on ``/proc/PID/mem``, then PR_SET_MM_MAP.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import time
 import struct
 
-from lxc_cr.errors import IncompatibleImage, RestoreFailed, Unsupported
+from lxc_cr.errors import ImageError, IncompatibleImage, RestoreFailed, Unsupported
 from lxc_cr import progress
 from lxc_cr.kernel import pagemap
 from lxc_cr.resources.memory_records import MM, PAGES, SHMEM, VMA
@@ -136,31 +137,44 @@ def _pipelined(items, sizes, read, write) -> None:
     """read(item, view) then write(item, view) for every item, in order.  Reading the next
     item (preadv on /proc/PID/mem, or on the image) overlaps writing the current one
     (crc32 + pwritev): both release the GIL.  Two buffers are reused for the whole run, so
-    nothing is allocated or zeroed per item and there is no per-page Python work.  Without
-    a reader thread (see start_reader) the same work runs in turn."""
+    nothing is allocated or zeroed per item and there is no per-page Python work.  read may
+    instead return a MappedBlock (the image's bytes mapped, ImageReader.map_block): write
+    then gets its view, and it is closed after.  Without a reader thread (see start_reader)
+    the same work runs in turn."""
     if not items:
         return
     bufs = _buffers(max(sizes))
     views = [bufs[i % 2][:size] for i, size in enumerate(sizes)]
+
+    def step(i, got):
+        try:
+            write(items[i], views[i] if got is None else got.view)
+        finally:
+            if got is not None:
+                got.close()
+        progress.advance(sizes[i])
+
     pool = _reader_pool()
     if pool is None:
-        for item, view in zip(items, views):
-            read(item, view)
-            write(item, view)
-            progress.advance(len(view))
+        for i, item in enumerate(items):
+            step(i, read(item, views[i]))
         return
     pending = pool.submit(read, items[0], views[0])
-    for i, item in enumerate(items):
-        pending.result()
+    for i in range(len(items)):
+        got = pending.result()
         if i + 1 < len(items):
             pending = pool.submit(read, items[i + 1], views[i + 1])
         try:
-            write(item, views[i])
+            step(i, got)
         except BaseException:
             if i + 1 < len(items):
-                pending.exception()          # let the read in flight finish first
+                try:                          # let the read in flight finish first
+                    late = pending.result()
+                except BaseException:
+                    late = None
+                if late is not None:
+                    late.close()
             raise
-        progress.advance(len(views[i]))
 
 
 _pool = None
@@ -188,10 +202,12 @@ def start_reader() -> None:
 
 
 def _buffers(size: int) -> list[memoryview]:
-    """Two page buffers of at least ``size`` bytes, kept for the life of the process."""
+    """Two page buffers of at least ``size`` bytes, kept for the life of the process:
+    anonymous mappings, so that only the pages used are ever touched (a bytearray is
+    zeroed whole: 7 ms per 16 MiB)."""
     global _bufs
     if not _bufs or _bufs[0].nbytes < size:
-        _bufs = [memoryview(bytearray(size)), memoryview(bytearray(size))]
+        _bufs = [memoryview(mmap.mmap(-1, size)), memoryview(mmap.mmap(-1, size))]
     return _bufs
 
 
@@ -297,8 +313,8 @@ def prepare_shmem(ctx, init_remote, init_pid: int) -> dict[int, int]:
         with open(f"/proc/{init_pid}/fd/{fd}", "r+b", buffering=0) as f:
             for p in ctx.records["pages"]:
                 if p.shmem_id == obj.shmem_id:
-                    buf = bytearray(p.npages * PAGE)
-                    ctx.reader.read_block_into(p.block, buf, check=False)
+                    buf = bytearray(_page_bytes(ctx, p))
+                    ctx.reader.read_block_into(p.block, buf, check=True)
                     os.pwrite(f.fileno(), buf, p.vaddr)
     return fds
 
@@ -372,11 +388,27 @@ def restore(ctx, task, remote) -> None:
     _set_mm(ctx, remote, task, mm)
 
 
+def _page_bytes(ctx, p) -> int:
+    """The bytes of a PAGES record, which its block must hold exactly."""
+    size = p.npages * PAGE
+    if not p.npages or p.block.length != size:
+        raise ImageError(ctx.reader.path, f"pages of pid {p.pid} at {p.vaddr:#x}: "
+                         f"{p.npages} pages, but a block of {p.block.length} bytes",
+                         p.block.offset, "block")
+    return size
+
+
 def _restore_pages(ctx, task, pages) -> None:
-    """Write the dumped pages into the task through /proc/PID/mem; each block's crc32 is
-    checked as it is read from the image (see _pipelined)."""
+    """Write the dumped pages into the task through /proc/PID/mem, each block's crc
+    checked first.  A raw block of a plain image is written from the image's page cache
+    (ImageReader.map_block): one copy, not two (1 GiB: 0.43 s instead of 0.62 s here)."""
+    sizes = [_page_bytes(ctx, p) for p in pages]
+
     def read(p, view):
-        ctx.reader.read_block_into(p.block, view, check=True)
+        mapped = ctx.reader.map_block(p.block, check=True)
+        if mapped is None:
+            ctx.reader.read_block_into(p.block, view, check=True)
+        return mapped
 
     def write(p, view):
         if os.pwritev(task.mem_fd, [view], p.vaddr) != len(view):
@@ -384,7 +416,7 @@ def _restore_pages(ctx, task, pages) -> None:
                                 pid=task.pid)
         ctx.stats["pages_restored"] += p.npages
 
-    _pipelined(pages, [p.npages * PAGE for p in pages], read, write)
+    _pipelined(pages, sizes, read, write)
 
 
 def _attach_sysv(remote, v, length) -> int:
