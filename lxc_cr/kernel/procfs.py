@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import inspect
 import os
 import re
 import struct
@@ -499,7 +498,11 @@ def _proc_boundary(method):
     OSError (e.g. ENOENT for a closed fd of a live task) or unparsable content ->
     OperationFailed naming the path.
     """
-    sig = inspect.signature(method)
+    code = method.__code__
+    # where a "tid" argument sits (self, pid, ...), read from the code object: cheaper at
+    # import than inspect.signature for every method
+    tid_at = code.co_varnames.index("tid") if "tid" in code.co_varnames[:code.co_argcount] \
+        else None
 
     @functools.wraps(method)
     def wrapper(self: Proc, pid: int, *args, **kwargs):
@@ -512,7 +515,10 @@ def _proc_boundary(method):
                                       errno=e.errno, path=path) from e
             if not os.path.exists(self._path(pid, "")):
                 raise TaskGone(pid) from e
-            tid = sig.bind(self, pid, *args, **kwargs).arguments.get("tid")
+            tid = None
+            if tid_at is not None:
+                full = (self, pid, *args)
+                tid = full[tid_at] if tid_at < len(full) else kwargs.get("tid")
             if tid is not None and not os.path.exists(self._path(pid, "", tid)):
                 raise TaskGone(tid) from e
             if self.exiting(pid):
