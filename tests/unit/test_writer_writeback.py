@@ -48,6 +48,7 @@ def wait_clean(fd: int, timeout: float = 20.0) -> int:
 
 
 BLOCK = os.urandom(4 << 20)
+N = 2 * W._WRITEBACK_AT // len(BLOCK)
 
 
 def test_start_writeback_is_the_real_syscall(tmp_path):
@@ -66,10 +67,10 @@ def test_blocks_go_to_disk_before_commit(tmp_path):
     w = ImageWriter(path, source_name="wb")
     w.open()
     try:
-        for _ in range(4):                       # 16 MiB: two hints of 8 MiB
+        for _ in range(N):                       # two hints
             w.write_block(BLOCK)
         assert w._wb_from >= 2 * W._WRITEBACK_AT
-        # nobody fsynced: only the hints can have cleaned the first 16 MiB
+        # nobody fsynced: only the hints can have cleaned the pages
         assert wait_clean(w.fileno()) < 64         # at most the last few pages of records
     finally:
         w.abort()
@@ -81,9 +82,9 @@ def test_without_hints_the_pages_stay_dirty(tmp_path, monkeypatch):
     w = ImageWriter(tmp_path / "img", source_name="wb")
     w.open()
     try:
-        for _ in range(4):
+        for _ in range(N):
             w.write_block(BLOCK)
-        assert dirty_pages(w.fileno()) >= 4000     # 16 MiB = 4096 pages, still in memory
+        assert dirty_pages(w.fileno()) >= N * 1000  # 4 MiB = 1024 pages each, in memory
     finally:
         w.abort()
 
@@ -94,7 +95,7 @@ def test_encrypted_image_plain_bytes_get_no_hint(tmp_path, monkeypatch):
     w = ImageWriter(tmp_path / "img", source_name="wb", key=b"k" * 32)
     w.open()
     try:
-        for _ in range(4):
+        for _ in range(N):
             w.write_block(BLOCK)
     finally:
         w.abort()
@@ -110,7 +111,7 @@ def test_a_failing_hint_is_dropped_and_the_image_is_whole(tmp_path, monkeypatch)
     monkeypatch.setattr(ksys, "start_writeback", fail)
     path = tmp_path / "img"
     with ImageWriter(path, source_name="wb") as w:
-        refs = [w.write_block(BLOCK) for _ in range(4)]
+        refs = [w.write_block(BLOCK) for _ in range(N)]
         for i, ref in enumerate(refs):
             w.add(kinds.by_name("pages"), dict(pid=1, shmem_id=0, npages=len(BLOCK) // 4096,
                                                vaddr=0x400000 + i * len(BLOCK), block=ref))
