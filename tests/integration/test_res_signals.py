@@ -1,0 +1,91 @@
+"""Resources: signal dispositions (handlers with their flags and masks, ignored signals,
+default ones with flags set) survive ``tree dump`` + ``tree restore``, and the handlers
+run again on the next signal; the pending-signal reader that restore uses to discard
+signals queued meanwhile."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from treeutil import (assert_continued, build, dump_kill, harness_fixture, read_state,
+                      state_int, status, wait_state)
+
+pytestmark = pytest.mark.integration
+
+tree = harness_fixture()
+
+
+def masks(pid: int) -> tuple:
+    st = status(pid)
+    assert int(st["SigBlk"], 16) == (1 << (signal.SIGWINCH - 1)) | (1 << (signal.SIGURG - 1))
+    return st["SigCgt"], st["SigIgn"], st["SigBlk"]
+
+
+def test_dispositions_survive_and_handlers_run(tree):
+    binary = build("res_signals")
+    d = tree.dir("signals")
+    st = d / "state"
+    wl = tree.launch([binary, st], ready=lambda: state_int(st, "counter") >= 3)
+    os.kill(wl.root, signal.SIGUSR1)
+    os.kill(wl.root, signal.SIGHUP)
+    s0 = wait_state(st, lambda s: s["usr1"] == "1" and s["hup"] == "1", "handlers ran")
+    m0 = masks(wl.root)
+
+    dump_kill(tree, wl.root, d / "img")
+    before = read_state(st)
+    root = tree.restore(d / "img")
+    after = wait_state(st, lambda s: int(s["counter"]) > int(before["counter"]) + 2,
+                       "counter going on after restore")
+    assert_continued(before, after)
+    # the program's own sigaction() view of all 64 actions, and the kernel's masks
+    assert after["digest"] == s0["digest"], (s0, after)
+    assert masks(root) == m0
+    assert (after["usr1"], after["hup"]) == ("1", "1")     # nothing delivered twice
+    os.kill(root, signal.SIGUSR1)
+    os.kill(root, signal.SIGHUP)
+    os.kill(root, signal.SIGUSR2)                          # ignored: must not kill it
+    wait_state(st, lambda s: s["usr1"] == "2" and s["hup"] == "2", "handlers ran again")
+    c = state_int(st, "counter")
+    wait_state(st, lambda s: int(s["counter"]) > c + 2, "still running after SIGUSR2")
+
+
+def test_pending_reads_shared_and_thread_queues():
+    from lxc_cr.kernel.procfs import Proc
+    from lxc_cr.resources.signals import _pending
+    code = ("import signal, threading, time\n"
+            "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGUSR2, "
+            "signal.SIGWINCH})\n"
+            "t = threading.Thread(target=time.sleep, args=(60,), daemon=True)\n"
+            "t.start()\n"
+            "print(t.native_id, flush=True)\n"
+            "time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        thread_tid = int(p.stdout.readline())
+        ctx = SimpleNamespace(proc=Proc())
+        assert _pending(ctx, p.pid) == []
+        os.kill(p.pid, signal.SIGUSR2)                  # the process-wide queue (ShdPnd)
+        os.kill(p.pid, signal.SIGWINCH)
+        wait_pending(ctx, p.pid, [signal.SIGUSR2, signal.SIGWINCH])
+        libc = ctypes.CDLL(None, use_errno=True)        # one thread's own queue (SigPnd)
+        assert libc.syscall(234, p.pid, thread_tid, signal.SIGUSR1) == 0    # tgkill
+        wait_pending(ctx, p.pid, [signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH])
+    finally:
+        p.kill()
+        p.wait()
+
+
+def wait_pending(ctx, pid, want):
+    from lxc_cr.resources.signals import _pending
+    deadline = time.monotonic() + 10
+    while (got := _pending(ctx, pid)) != want:
+        assert time.monotonic() < deadline, got
+        time.sleep(0.01)
