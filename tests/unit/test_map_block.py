@@ -70,3 +70,18 @@ def test_pages_record_must_match_its_block(tmp_path):
             bad = SimpleNamespace(pid=1, vaddr=0x400000, npages=n, block=blk)
             with pytest.raises(ImageError, match=f"{n} pages, but a block of 4096 bytes"):
                 memory._page_bytes(ctx, bad)
+
+
+def test_a_file_that_cannot_be_mapped_is_read_instead(tmp_path, monkeypatch):
+    from lxc_cr.image import reader as R
+    data = os.urandom(4096)
+    ref = write(tmp_path / "img", data)
+
+    def no_mmap(*a, **k):
+        raise OSError(19, "No such device")          # ENODEV: mmap not supported
+    monkeypatch.setattr(R.mmap, "mmap", no_mmap)
+    with ImageReader(tmp_path / "img") as r:
+        assert r.map_block(ref) is None
+        buf = bytearray(4096)
+        r.read_block_into(ref, buf)
+        assert bytes(buf) == data
