@@ -158,6 +158,8 @@ def _validate(ctx: RestoreCtx) -> None:
         if t.ppid and t.ppid not in pids and t is not tasks[0]:
             raise RestoreFailed(f"{ctx.path}: pid {t.pid} recorded before its parent {t.ppid}")
         pids.add(t.pid)
+    from lxc_cr.resources import memory
+    memory.check_pages(ctx)
     hdr = ctx.reader.header
     if getattr(hdr, "arch", "x86_64") not in ("x86_64", ""):
         raise IncompatibleImage(ctx.path, f"image is for {hdr.arch}, this host is x86_64")

@@ -388,6 +388,13 @@ def restore(ctx, task, remote) -> None:
     _set_mm(ctx, remote, task, mm)
 
 
+def check_pages(ctx) -> None:
+    """Every PAGES record's block holds exactly its pages (restore._validate: before any
+    process is created)."""
+    for p in ctx.records["pages"]:
+        _page_bytes(ctx, p)
+
+
 def _page_bytes(ctx, p) -> int:
     """The bytes of a PAGES record, which its block must hold exactly."""
     size = p.npages * PAGE

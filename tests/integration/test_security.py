@@ -166,6 +166,26 @@ def test_image_without_a_threads_creds_refused(tree):
     assert_refused(tree, forged, binary, "--max-privilege", "unprivileged", want=want)
 
 
+def test_pages_record_larger_than_its_block_refused_before_any_process(tree):
+    """A PAGES record claiming one page more than its block holds (the rest would come from
+    a stale buffer, or past the block in the mapped image) is refused before any process
+    is created."""
+    wl, d, binary = launch_unpriv(tree)
+    img, forged = d / "img", d / "forged"
+    dump_kill(tree, wl.root, img)
+    grown = []
+
+    def grow(kind, obj):
+        if kind is not None and kind.name == "pages" and not grown:
+            obj.npages += 1
+            grown.append((obj.vaddr, obj.npages, obj.block.length))
+    forge(img, forged, grow)
+    vaddr, npages, length = grown[0]
+    assert_refused(tree, forged, binary,
+                   want=f"pages of pid 1 at {vaddr:#x}: {npages} pages, but a block of "
+                        f"{length} bytes")
+
+
 def test_flipped_byte_refused_before_any_process(tree):
     wl, d, binary = launch_unpriv(tree)
     img = d / "img"
