@@ -313,7 +313,7 @@ def prepare_shmem(ctx, init_remote, init_pid: int) -> dict[int, int]:
         with open(f"/proc/{init_pid}/fd/{fd}", "r+b", buffering=0) as f:
             for p in ctx.records["pages"]:
                 if p.shmem_id == obj.shmem_id:
-                    buf = bytearray(_page_bytes(ctx, p))
+                    buf = bytearray(p.npages * PAGE)
                     ctx.reader.read_block_into(p.block, buf, check=True)
                     os.pwrite(f.fileno(), buf, p.vaddr)
     return fds
@@ -408,8 +408,9 @@ def _page_bytes(ctx, p) -> int:
 def _restore_pages(ctx, task, pages) -> None:
     """Write the dumped pages into the task through /proc/PID/mem, each block's crc
     checked first.  A raw block of a plain image is written from the image's page cache
-    (ImageReader.map_block): one copy, not two (1 GiB: 0.43 s instead of 0.62 s here)."""
-    sizes = [_page_bytes(ctx, p) for p in pages]
+    (ImageReader.map_block): one copy, not two (1 GiB: 0.43 s instead of 0.62 s here).
+    Each block holds exactly its record's pages (check_pages, before the restore began)."""
+    sizes = [p.npages * PAGE for p in pages]
 
     def read(p, view):
         mapped = ctx.reader.map_block(p.block, check=True)

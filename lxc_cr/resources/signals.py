@@ -29,7 +29,6 @@ SIGPENDING = record_kind(0x0105, "sigpending", cs.Struct(
 
 
 # --- dump / restore -----------------------------------------------------------------------
-import os  # noqa: E402
 import struct  # noqa: E402
 
 SIGKILL, SIGSTOP = 9, 19
@@ -82,8 +81,8 @@ def restore(ctx, task, remote) -> None:
 def _pending(ctx, host_pid: int) -> list[int]:
     """Signals queued for the process (ShdPnd) or any of its threads (SigPnd)."""
     mask = 0
-    for tid in os.listdir(f"/proc/{host_pid}/task"):
-        st = ctx.proc.status(host_pid, int(tid))
+    for tid in ctx.proc.tids(host_pid):
+        st = ctx.proc.status(host_pid, tid)
         mask |= int(st.get("ShdPnd", "0"), 16) | int(st.get("SigPnd", "0"), 16)
     return [sig for sig in range(1, 65) if mask >> (sig - 1) & 1]
 

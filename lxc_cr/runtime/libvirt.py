@@ -101,15 +101,13 @@ def _controller_init(name: str, ctrl: int) -> int | None:
     Only a proven answer: ``ctrl`` must be ``libvirt_lxc --name NAME`` (not a reused pid),
     and the init is its one child that is pid 1 of another pid namespace (the container
     libvirt_lxc cloned).  Otherwise None, and the caller refuses."""
+    from lxc_cr.kernel.procfs import Proc
+    proc = Proc()
     try:
-        with open(f"/proc/{ctrl}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-        own_ns = os.readlink(f"/proc/{ctrl}/ns/pid")
-        kids = []
-        for tid in os.listdir(f"/proc/{ctrl}/task"):
-            with open(f"/proc/{ctrl}/task/{tid}/children") as f:
-                kids += [int(k) for k in f.read().split()]
-    except (OSError, ValueError):
+        argv = proc.read(ctrl, "cmdline").split(b"\0")
+        own_ns = proc.ns(ctrl, "pid")
+        kids = proc.children(ctrl)
+    except OperationFailed:                 # TaskGone too
         return None
     if os.path.basename(argv[0]) != b"libvirt_lxc" or \
             not any(a == b"--name" and b == name.encode() for a, b in zip(argv, argv[1:])):
@@ -117,11 +115,10 @@ def _controller_init(name: str, ctrl: int) -> int | None:
     found = []
     for k in kids:
         try:
-            with open(f"/proc/{k}/status") as f:
-                nspid = [ln.split()[1:] for ln in f if ln.startswith("NSpid:")][0]
-            if nspid[-1] == "1" and len(nspid) > 1 and os.readlink(f"/proc/{k}/ns/pid") != own_ns:
+            nspid = proc.status(k).get("NSpid", "").split()
+            if len(nspid) > 1 and nspid[-1] == "1" and proc.ns(k, "pid") != own_ns:
                 found.append(k)
-        except (OSError, IndexError):
+        except OperationFailed:
             pass
     return found[0] if len(found) == 1 and _ppid(found[0]) == ctrl else None
 
