@@ -56,8 +56,8 @@ def codec_kind(codec: int) -> int:
 def block_crc(codec: int):
     """The checksum function of a block: f(data, running value) -> value."""
     if codec & CODEC_CRC32C:
-        import crc32c
-        return crc32c.crc32c
+        from lxc_cr.lightimport import submodule
+        return submodule("crc32c", "_crc32c").crc32c
     return zlib.crc32
 
 SOURCE_KINDS = {"tree": 0, "lxc": 1, "libvirt": 2}

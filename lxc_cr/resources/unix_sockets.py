@@ -176,7 +176,8 @@ def _icons(raw) -> list[int]:
 def _diag_all() -> dict[int, dict]:
     """{inode: {type, state, name, vfs (ino, major, minor), peer, icons}} of every unix
     socket of this net namespace (sock_diag)."""
-    from pyroute2 import DiagSocket
+    from lxc_cr.lightimport import submodule
+    DiagSocket = submodule("pyroute2", "netlink.diag").DiagSocket
     out = {}
     with DiagSocket() as ds:
         ds.bind()

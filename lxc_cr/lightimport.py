@@ -1,0 +1,51 @@
+"""Import one submodule of a package without running the package's ``__init__`` first.
+
+Two dependencies make every CLI start pay for what it does not use: pyroute2's
+``__init__`` imports every protocol the library speaks (NDB, IPDB, conntrack, nl80211, ...:
+about 50 ms), and crc32c's asks importlib.metadata for its own version (about 17 ms).  A
+busybox container's whole checkpoint is budgeted at 0.2 s (issue #11).
+
+``submodule("pyroute2", "iproute.linux")`` puts the package in ``sys.modules`` without
+executing it, then imports the submodule (which imports its own dependencies as usual).
+The package's ``__init__`` still runs, into the same module object, the first time an
+attribute it defines is asked for: ``from pyroute2 import IPRoute`` elsewhere (a test, a
+plugin) keeps working, it only pays the full import then.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import threading
+
+_lock = threading.Lock()       # a thread may import ahead (ns_net.preload)
+
+
+def submodule(package: str, name: str):
+    """The module ``package.name``, imported without ``package/__init__.py`` having run
+    (unless something imported the package before)."""
+    with _lock:
+        _stub(package)
+    return importlib.import_module(f"{package}.{name}")
+
+
+def _stub(package: str) -> None:
+    if package not in sys.modules:
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.loader is None:
+            raise ModuleNotFoundError(f"No module named {package!r}", name=package)
+        pkg = importlib.util.module_from_spec(spec)
+
+        def complete(attr: str):
+            # PEP 562: called only for an attribute the module does not have yet.  One of
+            # its submodules (``from pyroute2 import config``) is imported on its own.
+            if not attr.startswith("__") and \
+                    importlib.util.find_spec(f"{package}.{attr}") is not None:
+                return importlib.import_module(f"{package}.{attr}")
+            vars(pkg).pop("__getattr__", None)
+            spec.loader.exec_module(pkg)
+            return getattr(pkg, attr)
+
+        pkg.__getattr__ = complete
+        sys.modules[package] = pkg

@@ -1,0 +1,61 @@
+"""lightimport.submodule: a dependency's submodule without its package's __init__ (pyroute2's
+imports every protocol it has, crc32c's asks importlib.metadata for its version), and the
+package still whole for whoever asks for one of its own names afterwards.  Each case runs
+in a fresh interpreter: the test process has imported these packages already."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run(code: str) -> str:
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_pyroute2_submodule_skips_the_package_init_until_asked():
+    out = run("""
+import sys
+from lxc_cr.lightimport import submodule
+IPRoute = submodule("pyroute2", "iproute.linux").IPRoute
+print("ndb" if "pyroute2.ndb.main" in sys.modules else "no-ndb")
+print("init" if "__version__" in vars(sys.modules["pyroute2"]) else "no-init")
+from pyroute2 import config                    # a submodule: imported on its own
+print("init" if "__version__" in vars(sys.modules["pyroute2"]) else "no-init")
+from pyroute2 import IPRoute as Full, NDB      # a name of the package: its __init__ runs
+print(Full is IPRoute, NDB.__name__, "init" if sys.modules["pyroute2"].__version__ else "?")
+""").splitlines()
+    assert out == ["no-ndb", "no-init", "no-init", "True NDB init"]
+
+
+def test_crc32c_without_importlib_metadata():
+    out = run("""
+import sys
+from lxc_cr.lightimport import submodule
+f = submodule("crc32c", "_crc32c").crc32c
+print(hex(f(b"123456789")), "importlib.metadata" in sys.modules)
+import crc32c
+print(crc32c.crc32c is f, bool(crc32c.__version__))
+""").splitlines()
+    assert out == ["0xe3069283 False", "True True"]
+
+
+def test_package_imported_before_is_used_as_is():
+    out = run("""
+import pyroute2
+from lxc_cr.lightimport import submodule
+m = submodule("pyroute2", "iproute.linux")
+print(m.IPRoute is pyroute2.IPRoute)
+""")
+    assert out == "True"
+
+
+def test_missing_package():
+    from lxc_cr.lightimport import submodule
+    with pytest.raises(ModuleNotFoundError):
+        submodule("lxccr_no_such_package", "x")
