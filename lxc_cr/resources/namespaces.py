@@ -65,7 +65,7 @@ def check(proc, root, managed: bool = False, tasks=()) -> list[Unsupported]:
         out += ns_mnt.check(proc, root)
         out += _check_proc_mounts(proc, root)
     if "net" in own:
-        out += ns_net.check(root, f"/proc/{root.host_pid}/ns/net")
+        out += ns_net.check(root, run_in)
     if "ipc" in own:
         out += ns_ipc.check(root, run_in)
         out += sysv_ipc.check(root, run_in)
@@ -186,12 +186,22 @@ def setup_existing(pid: int, records, reader, kinds: set[str]) -> None:
     run_in(pid, tuple(order), rebuild, records, reader, set(kinds), False)
 
 
-# --- a helper process inside a tree's namespaces ------------------------------------------
+# --- a helper inside a tree's namespaces ----------------------------------------------------
+
+# setns() into these kinds moves only the calling thread (nsproxy is per task), so a thread
+# is enough and this interpreter, large by then, is not forked (3-13 ms a fork).  A mount
+# namespace needs the caller's fs_struct unshared and a user namespace a single-threaded
+# process: those, and a function that must not share this process's memory, get a forked
+# helper.  A function run in a thread may itself unshare these kinds, or CLONE_NEWNS (the
+# kernel then gives the thread its own fs_struct): only the thread is moved.
+THREAD_KINDS = frozenset({"net", "ipc", "uts"})
+
 
 def run_in(pid: int, kinds: tuple, fn, *args):
-    """Fork a helper that setns()'s into ``kinds`` of pid's namespaces (mnt last), runs
-    ``fn(*args)`` and sends back its (picklable) result; its exceptions come back as
-    OperationFailed naming the namespace."""
+    """Run ``fn(*args)`` inside ``kinds`` of pid's namespaces (mnt last) and return its
+    result: in a thread when every kind is in THREAD_KINDS, else in a forked helper whose
+    (picklable) result is sent back.  Its exceptions come back as OperationFailed naming
+    the namespace."""
     fds = []
     try:
         for k in kinds:
@@ -200,16 +210,47 @@ def run_in(pid: int, kinds: tuple, fn, *args):
         for _k, fd in fds:
             os.close(fd)
         raise OperationFailed(f"pid {pid}: cannot open its namespace: {e.strerror}") from None
+    what = f"{getattr(fn, '__name__', 'helper')} in the {'/'.join(kinds) or 'new'} " \
+           f"namespace of pid {pid}"
+    try:
+        if THREAD_KINDS.issuperset(kinds):
+            ok, val = _in_thread(fds, fn, args)
+        else:
+            ok, val = _in_child(fds, fn, args, what)
+    finally:
+        for _k, fd in fds:
+            os.close(fd)
+    if not ok:
+        raise OperationFailed(f"{what}: {val}")
+    return val
+
+
+def _enter_and_run(fds, fn, args) -> tuple[bool, object]:
+    try:
+        for k, fd in fds:
+            ksys.setns(fd, ksys.NS_FLAGS[k])
+        return True, fn(*args)
+    except BaseException as e:                     # noqa: BLE001 - sent to the caller
+        return False, f"{type(e).__name__}: {e}"
+
+
+def _in_thread(fds, fn, args) -> tuple[bool, object]:
+    import threading
+    out = []
+    # daemon: a signal that ends the main thread while it waits must not wait for this one
+    th = threading.Thread(target=lambda: out.append(_enter_and_run(fds, fn, args)),
+                          name="lxc-cr-ns", daemon=True)
+    th.start()
+    th.join()
+    return out[0] if out else (False, "the helper thread died")
+
+
+def _in_child(fds, fn, args, what) -> tuple[bool, object]:
     r, w = os.pipe()
     child = os.fork()
     if child == 0:                                     # the helper
-        try:
-            os.close(r)
-            for k, fd in fds:
-                ksys.setns(fd, ksys.NS_FLAGS[k])
-            res = (True, fn(*args))
-        except BaseException as e:                     # noqa: BLE001 - sent to the parent
-            res = (False, f"{type(e).__name__}: {e}")
+        os.close(r)
+        res = _enter_and_run(fds, fn, args)
         try:
             data = pickle.dumps(res)
         except Exception as e:                         # noqa: BLE001
@@ -219,8 +260,6 @@ def run_in(pid: int, kinds: tuple, fn, *args):
             view = view[os.write(w, view):]
         os._exit(0)
     os.close(w)
-    for _k, fd in fds:
-        os.close(fd)
     chunks = []
     while True:
         b = os.read(r, 1 << 20)
@@ -229,14 +268,9 @@ def run_in(pid: int, kinds: tuple, fn, *args):
         chunks.append(b)
     os.close(r)
     ksys.waitpid(child)
-    what = f"{getattr(fn, '__name__', 'helper')} in the {'/'.join(kinds) or 'new'} " \
-           f"namespace of pid {pid}"
     if not chunks:
         raise OperationFailed(f"{what}: the helper died")
-    ok, val = pickle.loads(b"".join(chunks))
-    if not ok:
-        raise OperationFailed(f"{what}: {val}")
-    return val
+    return pickle.loads(b"".join(chunks))
 
 
 __all__ = ["check", "dump", "setup_in_child", "setup_existing", "rebuild", "run_in",

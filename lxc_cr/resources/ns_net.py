@@ -125,9 +125,29 @@ NET_NFT = record_kind(0x0416, "net_nftables", cs.Struct(
 
 # --- reading ----------------------------------------------------------------------------
 
-def _ipr(nspath: str | None):
-    from pyroute2 import IPRoute
-    return IPRoute(netns=nspath, flags=0) if nspath else IPRoute()
+def _ipr():
+    """An rtnetlink socket of the calling thread's net namespace (namespaces.run_in puts a
+    thread there: pyroute2's own ``netns=`` forks a process for each socket)."""
+    return _iproute()()
+
+
+def _iproute():
+    from lxc_cr.lightimport import submodule
+    return submodule("pyroute2", "iproute.linux").IPRoute
+
+
+def preload() -> None:
+    """Import pyroute2 in a thread while this one waits for something else (a manager
+    starting the container: the import takes 70 ms of CPU, the wait none).  An import
+    that fails there is simply done again, and fails, where it is needed."""
+    import threading
+
+    def run():
+        try:
+            _iproute()
+        except Exception:             # noqa: BLE001 - see above
+            pass
+    threading.Thread(target=run, name="lxc-cr-preload", daemon=True).start()
 
 
 def _kind(msg) -> str:
@@ -309,10 +329,14 @@ def read_nft() -> str:
 
 # --- check and dump ----------------------------------------------------------------------
 
-def check(root, nspath: str) -> list[Unsupported]:
+def _links_here() -> list[tuple[dict, dict]]:
+    with _ipr() as ipr:
+        return read_links(ipr)
+
+
+def check(root, run_in) -> list[Unsupported]:
     out = []
-    with _ipr(nspath) as ipr:
-        links = read_links(ipr)
+    links = run_in(root.host_pid, ("net",), _links_here)
     names = {ln["index"]: ln["name"] for ln, _c in links}
     for ln, conf in links:
         if ln["kind"] in KINDS or ln["name"] in FALLBACK:
@@ -327,13 +351,18 @@ def check(root, nspath: str) -> list[Unsupported]:
     return out
 
 
-def dump(ctx, root, run_in) -> None:
-    nspath = f"/proc/{root.host_pid}/ns/net"
-    with _ipr(nspath) as ipr:
+def _read_here() -> tuple:
+    """Devices, addresses, routes, rules and sysctls of the calling thread's namespace."""
+    with _ipr() as ipr:
         links = read_links(ipr)
         addrs = read_addrs(ipr)
         routes = read_routes(ipr)
         rules = read_rules(ipr)
+    return links, addrs, routes, rules, read_sysctls([ln["name"] for ln, _c in links])
+
+
+def dump(ctx, root, run_in) -> None:
+    links, addrs, routes, rules, ours = run_in(root.host_pid, ("net",), _read_here)
     w = ctx.writer
     from lxc_cr.resources.ns_records import NETLINK
     for ln, _conf in links:
@@ -347,7 +376,6 @@ def dump(ctx, root, run_in) -> None:
     for r in rules:
         w.add(NET_RULE, r)
     devices = [ln["name"] for ln, _c in links]
-    ours = run_in(root.host_pid, ("net",), read_sysctls, devices)
     fresh = run_in(os.getpid(), (), _fresh_sysctls, devices)
     for s in sysctl_diff(ours, fresh):
         w.add(NET_SYSCTL, s)
@@ -360,7 +388,7 @@ def dump(ctx, root, run_in) -> None:
 
 def restore(records) -> None:
     """Rebuild the recorded network state in the calling process's net namespace."""
-    from pyroute2 import IPRoute
+    IPRoute = _iproute()
     links = {ln.index: ln for ln in records.get("net_link", ())}
     confs = {c.index: c for c in records.get("net_link_conf", ())}
     sysctls = list(records.get("net_sysctl", ()))
