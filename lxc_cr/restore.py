@@ -53,7 +53,9 @@ class Live:
 
 
 class RestoreCtx:
-    def __init__(self, reader, path: str):
+    def __init__(self, reader, path: str, records=None):
+        """``records``: (kind, obj) of every record, as ImageReader.verify returned them
+        (None: decoded here)."""
         self.reader = reader
         self.path = path
         self.proc = Proc()
@@ -71,7 +73,7 @@ class RestoreCtx:
         self.pidns_target: dict[int, int] = {}   # pid -> its nested init (its own view)
         self.records: dict[str, list] = defaultdict(list)
         self._by_pid: dict[tuple[str, int], list] = defaultdict(list)
-        for kind, obj in reader.records():
+        for kind, obj in reader.records() if records is None else records:
             if kind is None:
                 continue
             self.records[kind.name].append(obj)
@@ -111,8 +113,8 @@ def restore_tree(image: str, pidfile: str | None = None, takeover=None,
         # every record (checksum, decoding), the index and every block's bounds now; a
         # block's contents are checked (crc32) as it is read, and a mismatch kills what
         # was created, like any failed restore
-        reader.verify(blocks=False)
-        ctx = RestoreCtx(reader, image)
+        records = reader.verify(blocks=False)
+        ctx = RestoreCtx(reader, image, records)
         _validate(ctx)
         hostcompat.check(reader.header, image)
         privilege.check_recorded(ctx.records, image)    # no thread keeps our own root

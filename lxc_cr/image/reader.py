@@ -330,7 +330,7 @@ class ImageReader:
             k, obj = self.decode(tag, payload, off)
             yield off, k, obj
 
-    def verify(self, blocks: bool = True) -> None:
+    def verify(self, blocks: bool = True) -> list:
         """Check every byte of the file: every record (checksum, decoding), every data block
         (bounds, crc32, codec, decompressed length), and that whatever lies between them
         (alignment padding) is zero.  Restore calls this before creating any process.
@@ -341,12 +341,17 @@ class ImageReader:
         and reading them back would only read the page cache.
 
         An encrypted image is authenticated whole first (every chunk of the envelope,
-        blocks included), whatever ``blocks`` says: nobody's edit gets past it."""
+        blocks included), whatever ``blocks`` says: nobody's edit gets past it.
+
+        Returns every record as ``records()`` gives it, (kind, obj) in file order: restore
+        takes them from here instead of decoding each record a second time."""
         if self._src is not None:
             self._src.authenticate()
         seen = {}
+        decoded = []
         for tag, off, payload in self.raw_records():
-            _kind, obj = self.decode(tag, payload, off, canonical=True)
+            kind, obj = self.decode(tag, payload, off, canonical=True)
+            decoded.append((kind, obj))
             for ref in iter_block_refs(obj):
                 key = (ref["offset"], ref["stored"])
                 old = seen.get(key)
@@ -368,6 +373,7 @@ class ImageReader:
         spans = [(off, length, "record") for _tag, off, length in self.index]
         spans += [(off, stored, "block") for off, stored in seen if stored]
         self._check_gaps(sorted(spans))
+        return decoded
 
     def _check_gaps(self, spans) -> None:
         """Spans must not overlap; the bytes between them must be zero."""
