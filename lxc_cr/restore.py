@@ -179,10 +179,12 @@ def _build(ctx: RestoreCtx, takeover=None):
         if root.pid != 1:
             raise RestoreFailed(f"{ctx.path}: the recorded root is pid {root.pid}, not a "
                                 f"container's init")
+        from lxc_cr.resources import namespaces, ns_net
+        if "net" in namespaces.own_set(ctx.records):
+            ns_net.preload()             # while the manager starts the container
         init_pid = takeover()
         ctx.created.append(init_pid)
         init = _adopt_init(ctx, init_pid)
-        from lxc_cr.resources import namespaces
         kinds = namespaces.own_set(ctx.records) & {"uts", "ipc", "net"}
         namespaces.setup_existing(init_pid, ctx.records, ctx.reader, kinds)
         from lxc_cr.resources import ns_time
