@@ -46,6 +46,9 @@ class Live:
     host_pid: int
     mem_fd: int = -1
     threads: dict = field(default_factory=dict)     # tid -> (Tracee, Remote)
+    # its signal actions now (signals.query tuples): inherited from its parent at clone3,
+    # the recorded ones once signals.restore set them; None: not known
+    sigactions: list | None = None
 
     @property
     def pid(self) -> int:
@@ -192,13 +195,15 @@ def _build(ctx: RestoreCtx, takeover=None):
     lives: list[Live] = []
     try:
         _setup_scratch(ctx, init, tasks)
+        from lxc_cr.resources import signals
+        init_actions = signals.query(init.remote, ctx.scratch + 256)   # all inherit them
         ctx.shmem_fds = memory.prepare_shmem(ctx, init.remote, init_pid)
         files.prepare(ctx, init_pid)     # resource modules' prepare(ctx): inherited objects
         from lxc_cr.resources import ns_cgroup
         ns_cgroup.prepare(ctx, init_pid)  # sub-cgroups below the init's, with their limits
         by_pid: dict[int, Live] = {}
         if root.pid == 1:
-            live = Live(root, init_pid)
+            live = Live(root, init_pid, sigactions=init_actions)
             ctx.host_pids[1] = init_pid
             live.mem_fd = init.mem_fd
             live.threads[1] = (init.tracee, init.remote)
@@ -206,7 +211,7 @@ def _build(ctx: RestoreCtx, takeover=None):
             lives.append(live)
             _session(ctx, live, None)
         else:
-            init_live = Live(None, init_pid)
+            init_live = Live(None, init_pid, sigactions=init_actions)
             init_live.threads[0] = (init.tracee, init.remote)
             by_pid[0] = init_live
         tree_pids = {t.pid for t in tasks}
@@ -401,7 +406,7 @@ def _fork(ctx, parent: Live, rec) -> Live:
     child.set_sigmask(ALL_SIGNALS)
     base = child.getregs()
     mem_fd = os.open(f"/proc/{host}/mem", os.O_RDWR)
-    live = Live(rec, host, mem_fd)
+    live = Live(rec, host, mem_fd, sigactions=parent.sigactions)
     live.threads[rec.pid] = (child, Remote(child, ctx.scratch, base, mem_fd, keep_signals=False))
     _session(ctx, live, parent)
     if rec.state == "Z":

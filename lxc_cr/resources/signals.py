@@ -37,15 +37,19 @@ SA_RESTORER = 0x04000000
 _SA = struct.Struct("<QQQQ")
 
 
-def dump(ctx, task, remote) -> None:
-    """Every action, queried with rt_sigaction(2) into a table in the task's scratch page,
-    read back at once."""
-    buf = ctx.scratch_for(task)
+def query(remote, buf: int) -> list[tuple[int, int, int, int]]:
+    """Every action of the process, (handler, flags, restorer, mask) for signals 1..64:
+    queried with rt_sigaction(2) into a table at ``buf`` (64 * 32 bytes of the task's
+    scratch page), read back at once."""
     for sig in range(1, 65):
         remote.call("rt_sigaction", sig, 0, buf + (sig - 1) * _SA.size, 8)
     raw = remote.read(buf, 64 * _SA.size)
-    actions = [dict(zip(("handler", "flags", "restorer", "mask"), _SA.unpack_from(raw, i)))
-               for i in range(0, 64 * _SA.size, _SA.size)]
+    return [_SA.unpack_from(raw, i) for i in range(0, 64 * _SA.size, _SA.size)]
+
+
+def dump(ctx, task, remote) -> None:
+    actions = [dict(zip(("handler", "flags", "restorer", "mask"), a))
+               for a in query(remote, ctx.scratch_for(task))]
     ctx.writer.add(SIGACTIONS, dict(pid=task.pid, actions=actions))
 
 
@@ -62,20 +66,27 @@ def dump_pending(ctx, task, leader_tracee, threads) -> None:
 
 def restore(ctx, task, remote) -> None:
     """Dispositions: the recorded table is written into the scratch page at once and each
-    catchable signal set from it.  A signal queued during the restore (pending now, in
-    /proc/PID/status) is first set to SIG_IGN, which discards it.  Setting every signal to
-    SIG_IGN first did the same for twice the injected calls (62 more per process)."""
+    catchable signal whose action differs from the one the process has now is set from
+    it.  What it has now is known without asking: ``task.sigactions``, the actions of the
+    restore's init (queried once) that every process inherited at its clone3, before any
+    was rebuilt (None: unknown, every signal is set).  A signal queued during the restore
+    (pending now, in /proc/PID/status) is first set to SIG_IGN, which discards it."""
     rec = ctx.one("sigactions", task.pid)
+    want = [(a.handler, a.flags, a.restorer, a.mask) for a in rec.actions]
+    have = getattr(task, "sigactions", None)
     table = ctx.scratch + 256
     ign = table + 64 * _SA.size
-    remote.write(table, b"".join(_SA.pack(a.handler, a.flags, a.restorer, a.mask)
-                                 for a in rec.actions) + _SA.pack(SIG_IGN, SA_RESTORER, 0, 0))
-    for sig in _pending(ctx, task.host_pid):
-        if sig not in (SIGKILL, SIGSTOP):
-            remote.call("rt_sigaction", sig, ign, 0, 8)
+    remote.write(table, b"".join(_SA.pack(*a) for a in want) + _SA.pack(SIG_IGN, SA_RESTORER, 0, 0))
+    pending = set(_pending(ctx, task.host_pid))
     for sig in range(1, 65):
-        if sig not in (SIGKILL, SIGSTOP):
-            remote.call("rt_sigaction", sig, table + (sig - 1) * _SA.size, 0, 8)
+        if sig in (SIGKILL, SIGSTOP):
+            continue
+        if sig in pending:
+            remote.call("rt_sigaction", sig, ign, 0, 8)
+        elif have is not None and have[sig - 1] == want[sig - 1]:
+            continue
+        remote.call("rt_sigaction", sig, table + (sig - 1) * _SA.size, 0, 8)
+    task.sigactions = want
 
 
 def _pending(ctx, host_pid: int) -> list[int]:
