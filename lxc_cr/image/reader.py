@@ -60,15 +60,16 @@ class RawRecord(bytes):
         return f"RawRecord(tag={self.tag:#06x}, {bytes(self)!r})"
 
 
-_STRICT: dict[int, cs.Construct] = {}
+_STRICT: dict[int, tuple] = {}      # tag -> (its struct, the strict one)
 
 
 def _strict(kind: K.RecordKind) -> cs.Construct:
     """kind.struct that must consume the whole payload (else re-encoding would lose bytes)."""
-    s = _STRICT.get(kind.tag)
-    if s is None or s is not kind.struct:
-        s = _STRICT[kind.tag] = cs.FocusedSeq("v", "v" / kind.struct, cs.Terminated)
-    return s
+    got = _STRICT.get(kind.tag)
+    if got is None or got[0] is not kind.struct:
+        got = _STRICT[kind.tag] = (kind.struct,
+                                   cs.FocusedSeq("v", "v" / kind.struct, cs.Terminated))
+    return got[1]
 
 
 def _tag_arg(kind) -> int | None:
