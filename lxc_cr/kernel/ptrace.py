@@ -351,8 +351,8 @@ class Remote:
 
     def _through_syscall(self, name: str, expect_exit: bool = False) -> bool:
         """Resume the loaded syscall with PTRACE_SYSCALL to its syscall-entry stop, then to
-        its syscall-exit stop (event stops on the way are passed).  False if the thread
-        exited and ``expect_exit`` allows it."""
+        its syscall-exit stop (event stops on the way are passed; a clone event's new tid
+        goes to ``children``).  False if the thread exited and ``expect_exit`` allows it."""
         for _ in range(2):
             self.t._resume(PTRACE_SYSCALL)
             while True:
@@ -363,6 +363,8 @@ class Remote:
                     raise TaskGone(self.t.tid, f"exited during injected {name}()")
                 if st.sig == (signal.SIGTRAP | 0x80) or (st.sig == signal.SIGTRAP and st.event == 0):
                     break
+                if st.event in (EVENT_FORK, EVENT_VFORK, EVENT_CLONE):
+                    self.children.append((st.event, self.t.geteventmsg()))
                 self.t._resume(PTRACE_SYSCALL)
         return True
 
@@ -465,6 +467,26 @@ def trampoline(regs: Regs, sigmask: int) -> bytes:
     return _TRAMPOLINE_CODE.ljust(0x80, b"\xcc") + struct.pack(f"<{len(slots)}Q", *slots)
 
 
+# Code run by a short-lived thread of a stopped task (GuardedRemote.in_new_thread), where
+# one injected syscall per item would cost two ptrace stops each.  The thread the clone() is
+# injected into never runs past it while lxc-cr lives: its exit stop is taken and its
+# registers put back.  If lxc-cr is gone, it goes to its trampoline's way back (``back``);
+# the new thread (rax 0) runs ``body``, which must end in exit(2) of the thread alone:
+#     00 syscall                      ; clone(THREAD_CLONE_FLAGS, 0, 0, 0, 0, arg in r9)
+#     02 test rax, rax
+#     05 jnz back                     ; the caller, or a failed clone
+#     0b body...                      ; the new thread: r9 = arg, no stack used
+CLONE_VM, CLONE_FS, CLONE_FILES, CLONE_SIGHAND = 0x100, 0x200, 0x400, 0x800
+CLONE_THREAD, CLONE_SYSVSEM = 0x10000, 0x40000
+THREAD_CLONE_FLAGS = (CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD
+                      | CLONE_SYSVSEM)
+
+
+def thread_code(at: int, back: int, body: bytes) -> bytes:
+    """The bytes to write at ``at`` for GuardedRemote.in_new_thread (see above)."""
+    return b"\x0f\x05\x48\x85\xc0\x0f\x85" + struct.pack("<i", back - (at + 11)) + body
+
+
 class GuardedRemote(Remote):
     """Injected syscalls that leave the thread as it was between calls, so that if lxc-cr
     dies (SIGKILL) while the tree is stopped, every thread the kernel detaches runs on from
@@ -498,3 +520,34 @@ class GuardedRemote(Remote):
             if self.t.state.value == "stopped":
                 self.t.set_sigmask(self.sigmask)    # mask first: the registers still lead back
                 self.t.setregs(self.base)
+
+    def in_new_thread(self, code_at: int, arg: int) -> None:
+        """Run the code at ``code_at`` (``thread_code``, with ``back`` this thread's
+        trampoline) in a new thread of the task, ``arg`` in its r9; return once that
+        thread has exited.  The thread is traced from its start (PTRACE_O_TRACECLONE, only
+        for this call) and continued with PTRACE_CONT: no stop until its exit, and if
+        lxc-cr dies meanwhile it is detached like any other, runs to its exit(2) and is
+        gone.  It inherits this thread's mask during the call, every signal blocked.  A
+        clone() that fails (a pids limit) raises RemoteError; nothing was started then."""
+        ip = self.ip
+        self.t.set_options(O_TRACESYSGOOD | O_TRACECLONE)
+        self.children.clear()
+        try:
+            self.ip = code_at
+            self.call("clone", THREAD_CLONE_FLAGS, 0, 0, 0, 0, arg)
+        finally:
+            self.ip = ip
+            if self.t.state.value == "stopped":
+                self.t.set_options(O_TRACESYSGOOD)
+        if not self.children:
+            raise OperationFailed(f"pid {self.t.tid}: no clone event for the helper thread",
+                                  pid=self.t.tid)
+        helper = Tracee.adopt(self.children[-1][1], pid=self.t.pid)
+        helper._resume(PTRACE_CONT)
+        while True:
+            st = helper.wait()
+            if st.exited:
+                return
+            # a SIGSTOP (it blocks every other signal) goes on to stop the process as sent
+            helper._resume(PTRACE_CONT, st.sig if st.event == 0 and st.sig != signal.SIGTRAP
+                           else 0)

@@ -37,19 +37,54 @@ SA_RESTORER = 0x04000000
 _SA = struct.Struct("<QQQQ")
 
 
-def query(remote, buf: int) -> list[tuple[int, int, int, int]]:
-    """Every action of the process, (handler, flags, restorer, mask) for signals 1..64:
-    queried with rt_sigaction(2) into a table at ``buf`` (64 * 32 bytes of the task's
-    scratch page), read back at once."""
-    for sig in range(1, 65):
-        remote.call("rt_sigaction", sig, 0, buf + (sig - 1) * _SA.size, 8)
+# The dump's query of all 64 actions, run by a helper thread of the stopped task (kernel.
+# ptrace.in_new_thread: one clone instead of 64 injected calls of two ptrace stops each):
+#     0b xor edi, edi
+#     0d inc edi                      ; signal 1..64
+#     0f mov eax, 13                  ; rt_sigaction(sig, NULL, r9, 8)
+#     14 xor esi, esi
+#     16 mov rdx, r9
+#     19 mov r10d, 8
+#     1f syscall
+#     21 add r9, 32                   ; the next struct kernel_sigaction
+#     25 cmp edi, 64
+#     28 jb 0d
+#     2a mov eax, 60                  ; exit(0): this thread only
+#     2f xor edi, edi
+#     31 syscall
+#     33 ud2
+_QUERY_LOOP = bytes.fromhex("31ffffc7b80d00000031f64c89ca41ba080000000f054983c12083ff4072e3"
+                            "b83c00000031ff0f050f0b")
+_CODE_OFFSET = 3072          # where in the scratch page the loop goes (the table: 0..2047)
+
+
+def query(remote, buf: int, batched: bool = False) -> list[tuple[int, int, int, int]]:
+    """Every action of the process, (handler, flags, restorer, mask) for signals 1..64,
+    written as a table at ``buf`` (64 * 32 bytes of the task's scratch page, which must be
+    executable for ``batched``) and read back at once.  ``batched`` (the dump, with a
+    GuardedRemote): by a helper thread running _QUERY_LOOP, or, if no thread can be made
+    (a pids limit), by 64 injected rt_sigaction(2) calls, as restore always does."""
+    from lxc_cr.kernel.ptrace import RemoteError, thread_code
+    done = False
+    if batched:
+        at = buf + _CODE_OFFSET
+        remote.write(at, thread_code(at, remote.ip + 2, _QUERY_LOOP))
+        remote.write(buf, bytes(64 * _SA.size))
+        try:
+            remote.in_new_thread(at, buf)
+            done = True
+        except RemoteError:
+            pass
+    if not done:
+        for sig in range(1, 65):
+            remote.call("rt_sigaction", sig, 0, buf + (sig - 1) * _SA.size, 8)
     raw = remote.read(buf, 64 * _SA.size)
     return [_SA.unpack_from(raw, i) for i in range(0, 64 * _SA.size, _SA.size)]
 
 
 def dump(ctx, task, remote) -> None:
     actions = [dict(zip(("handler", "flags", "restorer", "mask"), a))
-               for a in query(remote, ctx.scratch_for(task))]
+               for a in query(remote, ctx.scratch_for(task), batched=True)]
     ctx.writer.add(SIGACTIONS, dict(pid=task.pid, actions=actions))
 
 

@@ -89,3 +89,45 @@ def wait_pending(ctx, pid, want):
     while (got := _pending(ctx, pid)) != want:
         assert time.monotonic() < deadline, got
         time.sleep(0.01)
+
+
+def test_dump_query_by_helper_thread_equals_64_calls(tree):
+    """The dump reads all 64 actions with one injected clone() whose thread runs the
+    query loop (signals._QUERY_LOOP): same table as 64 injected rt_sigaction calls, the
+    thread is gone afterwards (reaped), and the process runs on once released."""
+    from lxc_cr.kernel.procfs import Proc
+    from lxc_cr.kernel.ptrace import (O_TRACESYSGOOD, GuardedRemote, Tracee,
+                                      find_syscall_insn, trampoline)
+    from lxc_cr.resources import signals
+    binary = build("res_signals")
+    d = tree.dir("query")
+    st = d / "state"
+    wl = tree.launch([binary, st], ready=lambda: state_int(st, "counter") >= 3)
+    pid = wl.root
+    threads = sorted(os.listdir(f"/proc/{pid}/task"))
+    tr = Tracee.seize(pid, O_TRACESYSGOOD)
+    tr.interrupt()
+    regs, mask = tr.getregs(), tr.get_sigmask()
+    mem = os.open(f"/proc/{pid}/mem", os.O_RDWR)
+    try:
+        vdso = [m for m in Proc().maps(pid) if m.path == "[vdso]"][0]
+        r = GuardedRemote(tr, find_syscall_insn(mem, vdso.start, vdso.end, pid), regs, mem,
+                          mask)
+        page = r.call("mmap", 0, 8192, 7, 0x22, -1, 0)
+        r.write(page + 4096, trampoline(regs, mask))
+        r.ip = page + 4096
+        one_by_one = signals.query(r, page)
+        assert len({a for a in one_by_one}) > 3       # handlers, ignored, default ones
+        r.write(page, bytes(4096))
+        batched = signals.query(r, page, batched=True)
+        assert batched == one_by_one
+        assert sorted(os.listdir(f"/proc/{pid}/task")) == threads
+        assert status(pid)["Threads"] == str(len(threads))
+        r.call("munmap", page, 8192)
+    finally:
+        os.close(mem)
+        tr.setregs(regs)
+        tr.set_sigmask(mask)
+        tr.detach()
+    c = state_int(st, "counter")
+    wait_state(st, lambda s: int(s["counter"]) > c + 2, "running on after the query")
