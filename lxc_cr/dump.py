@@ -169,8 +169,9 @@ def check_tree(proc: Proc, tasks: list[TaskState], managed: bool = False,
                tcp_established: bool = False) -> list:
     """Every resource that cannot be checkpointed, without stopping anything
     (``tcp_established``: established TCP connections are dumped, not refused)."""
-    from lxc_cr.resources import files, namespaces
+    from lxc_cr.resources import files, namespaces, seccomp
     problems = list(namespaces.check(proc, tasks[0], managed, tasks=tasks))
+    problems += seccomp.check(proc, tasks, managed)
     for t in tasks:
         if t.host_pid == os.getpid():
             problems.append(_unsupported(t, "lxc-cr itself inside the tree"))

@@ -674,10 +674,11 @@ class Watcher(threading.Thread):
             self.samples += 1
 
 
-def refused_dump(h, root: int, image, *extra):
+def refused_dump(h, root: int, image, *extra, pattern=UNSUPPORTED_RE):
     """``tree dump ROOT IMAGE`` that must be refused before anything is stopped: runs it under
     a Watcher and checks exit 1, one error line in the contract's format (returned with its
-    match), no image, and that no thread of the tree was ever stopped or traced."""
+    match of ``pattern``), no image, and that no thread of the tree was ever stopped or
+    traced."""
     w = Watcher(root)
     w.start()
     try:
@@ -687,7 +688,7 @@ def refused_dump(h, root: int, image, *extra):
         w.join()
     assert res.rc == 1, res.describe()
     line = assert_one_error_line(res)
-    m = UNSUPPORTED_RE.search(line)
+    m = pattern.search(line)
     assert m, line
     assert not os.path.exists(image), "a refused dump left an image"
     assert w.samples > 0 and w.seen == [], w.seen[:5]
