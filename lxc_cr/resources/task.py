@@ -118,7 +118,12 @@ def restore(ctx, rec, remote) -> None:
     remote.call("personality", rec.personality)
     if rec.child_subreaper:
         remote.call("prctl", PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    # only the limits that differ from the process's own now (/proc/PID/limits): most are
+    # what it inherited, and each one set is an injected call
+    have = {lim.resource: (lim.soft, lim.hard) for lim in ctx.proc.limits(remote.t.pid)}
     for lim in ctx.one("rlimits", rec.pid).limits:
+        if have.get(lim.resource) == (lim.cur, lim.max):
+            continue
         remote.write(buf, struct.pack("<QQ", lim.cur, lim.max))
         remote.call("prlimit64", 0, lim.resource, buf, 0)
 
