@@ -521,10 +521,10 @@ class GuardedRemote(Remote):
                 self.t.set_sigmask(self.sigmask)    # mask first: the registers still lead back
                 self.t.setregs(self.base)
 
-    def in_new_thread(self, code_at: int, arg: int) -> None:
+    def in_new_thread(self, code_at: int, arg: int) -> int:
         """Run the code at ``code_at`` (``thread_code``, with ``back`` this thread's
-        trampoline) in a new thread of the task, ``arg`` in its r9; return once that
-        thread has exited.  The thread is traced from its start (PTRACE_O_TRACECLONE, only
+        trampoline) in a new thread of the task, ``arg`` in its r9; return its exit status
+        once it has exited.  The thread is traced from its start (PTRACE_O_TRACECLONE, only
         for this call) and continued with PTRACE_CONT: no stop until its exit, and if
         lxc-cr dies meanwhile it is detached like any other, runs to its exit(2) and is
         gone.  It inherits this thread's mask during the call, every signal blocked.  A
@@ -535,6 +535,10 @@ class GuardedRemote(Remote):
         try:
             self.ip = code_at
             self.call("clone", THREAD_CLONE_FLAGS, 0, 0, 0, 0, arg)
+        except BaseException:
+            for _event, tid in self.children:     # made, but the call failed after it
+                _let_run(tid, self.t.pid)
+            raise
         finally:
             self.ip = ip
             if self.t.state.value == "stopped":
@@ -547,7 +551,16 @@ class GuardedRemote(Remote):
         while True:
             st = helper.wait()
             if st.exited:
-                return
+                return os.WEXITSTATUS(helper.exit_status) if os.WIFEXITED(helper.exit_status) \
+                    else -1
             # a SIGSTOP (it blocks every other signal) goes on to stop the process as sent
             helper._resume(PTRACE_CONT, st.sig if st.event == 0 and st.sig != signal.SIGTRAP
                            else 0)
+
+
+def _let_run(tid: int, pid: int) -> None:
+    """Detach a helper thread at its first stop: it runs its code to its exit by itself."""
+    try:
+        Tracee.adopt(tid, pid=pid).detach()
+    except (KernelError, TaskGone):
+        pass

@@ -46,15 +46,17 @@ _SA = struct.Struct("<QQQQ")
 #     16 mov rdx, r9
 #     19 mov r10d, 8
 #     1f syscall
-#     21 add r9, 32                   ; the next struct kernel_sigaction
-#     25 cmp edi, 64
-#     28 jb 0d
-#     2a mov eax, 60                  ; exit(0): this thread only
-#     2f xor edi, edi
-#     31 syscall
-#     33 ud2
-_QUERY_LOOP = bytes.fromhex("31ffffc7b80d00000031f64c89ca41ba080000000f054983c12083ff4072e3"
-                            "b83c00000031ff0f050f0b")
+#     21 test eax, eax
+#     23 jnz 30                       ; failed: exit status = that signal
+#     25 add r9, 32                   ; the next struct kernel_sigaction
+#     29 cmp edi, 64
+#     2c jb 0d
+#     2e xor edi, edi
+#     30 mov eax, 60                  ; exit(edi): this thread only
+#     35 syscall
+#     37 ud2
+_QUERY_LOOP = bytes.fromhex("31ffffc7b80d00000031f64c89ca41ba080000000f0585c0750b4983c120"
+                            "83ff4072df31ffb83c0000000f050f0b")
 _CODE_OFFSET = 3072          # where in the scratch page the loop goes (the table: 0..2047)
 
 
@@ -62,17 +64,16 @@ def query(remote, buf: int, batched: bool = False) -> list[tuple[int, int, int, 
     """Every action of the process, (handler, flags, restorer, mask) for signals 1..64,
     written as a table at ``buf`` (64 * 32 bytes of the task's scratch page, which must be
     executable for ``batched``) and read back at once.  ``batched`` (the dump, with a
-    GuardedRemote): by a helper thread running _QUERY_LOOP, or, if no thread can be made
-    (a pids limit), by 64 injected rt_sigaction(2) calls, as restore always does."""
+    GuardedRemote): by a helper thread running _QUERY_LOOP; if no thread can be made (a
+    pids limit) or one of its queries failed, by 64 injected rt_sigaction(2) calls, as
+    restore always does (a failing call then raises, naming its error)."""
     from lxc_cr.kernel.ptrace import RemoteError, thread_code
     done = False
     if batched:
         at = buf + _CODE_OFFSET
         remote.write(at, thread_code(at, remote.ip + 2, _QUERY_LOOP))
-        remote.write(buf, bytes(64 * _SA.size))
         try:
-            remote.in_new_thread(at, buf)
-            done = True
+            done = remote.in_new_thread(at, buf) == 0
         except RemoteError:
             pass
     if not done:

@@ -97,7 +97,7 @@ def test_dump_query_by_helper_thread_equals_64_calls(tree):
     thread is gone afterwards (reaped), and the process runs on once released."""
     from lxc_cr.kernel.procfs import Proc
     from lxc_cr.kernel.ptrace import (O_TRACESYSGOOD, GuardedRemote, Tracee,
-                                      find_syscall_insn, trampoline)
+                                      find_syscall_insn, thread_code, trampoline)
     from lxc_cr.resources import signals
     binary = build("res_signals")
     d = tree.dir("query")
@@ -123,6 +123,12 @@ def test_dump_query_by_helper_thread_equals_64_calls(tree):
         assert batched == one_by_one
         assert sorted(os.listdir(f"/proc/{pid}/task")) == threads
         assert status(pid)["Threads"] == str(len(threads))
+        # the helper's exit status comes back (the query loop exits with the signal whose
+        # rt_sigaction failed, and the dump then asks again one by one)
+        at = page + 3072
+        r.write(at, thread_code(at, r.ip + 2, bytes.fromhex("bf07000000b83c0000000f05")))
+        assert r.in_new_thread(at, 0) == 7                # mov edi, 7; exit(edi)
+        assert sorted(os.listdir(f"/proc/{pid}/task")) == threads
         r.call("munmap", page, 8192)
     finally:
         os.close(mem)
