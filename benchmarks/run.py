@@ -21,7 +21,6 @@ benchmarks/results/ (latest.json and one file per run).
 from __future__ import annotations
 
 import argparse
-import compileall
 import ctypes
 import json
 import os
@@ -440,9 +439,6 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.chmod(work, 0o700)
     binary = build()
-    # the CLI's start-up as an installed package has it: byte-compiled (with
-    # PYTHONDONTWRITEBYTECODE set, changed modules would be compiled again at every start)
-    compileall.compile_dir(str(REPO / "lxc_cr"), quiet=1)
     reps = 1 if a.quick else a.reps
     G = 1 << 30
     plan = [

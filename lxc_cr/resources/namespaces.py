@@ -11,7 +11,8 @@ made them (task.py), the time namespace by the restorer before it forks the init
 Restore: ``setup_in_child()`` runs in the restored init before takeover (restorer code, in
 the new pid namespace): it unshares the other kinds and rebuilds each one in place, in the
 order uts, ipc, mnt, net.  ``setup_existing()`` does the same inside namespaces a container
-manager made, from a helper that setns()'s into them.
+manager made, from a helper (``run_in``: a thread for uts, ipc and net) that setns()'s into
+them.
 """
 
 from __future__ import annotations
