@@ -1,6 +1,8 @@
 """Network namespace: devices, addresses, routes, rules, net sysctls and the nftables ruleset.
 
-Everything is read and written through rtnetlink with pyroute2 (no ``ip`` subprocess)::
+Everything is read and written through rtnetlink, with pyroute2's message classes (no
+``ip`` subprocess).  Reads are plain dumps (``kernel/netlink.py``); a restore writes with
+pyroute2's IPRoute::
 
     struct ifinfomsg { u8 family; u16 type; s32 index; u32 flags; u32 change; }   RTM_*LINK
     struct ifaddrmsg { u8 family, prefixlen, flags, scope; u32 index; }          RTM_*ADDR
@@ -34,6 +36,7 @@ import construct as cs
 
 from lxc_cr.errors import OperationFailed, RestoreFailed, Unsupported
 from lxc_cr.image.kinds import record_kind
+from lxc_cr.kernel import netlink
 from lxc_cr.resources.records_common import Str
 
 AF_INET, AF_INET6 = socket.AF_INET, socket.AF_INET6
@@ -125,21 +128,23 @@ NET_NFT = record_kind(0x0416, "net_nftables", cs.Struct(
 
 # --- reading ----------------------------------------------------------------------------
 
-def _ipr():
-    """An rtnetlink socket of the calling thread's net namespace (namespaces.run_in puts a
-    thread there: pyroute2's own ``netns=`` forks a process for each socket)."""
-    return _iproute()()
-
-
 def _iproute():
     from lxc_cr.lightimport import submodule
     return submodule("pyroute2", "iproute.linux").IPRoute
 
 
+def _rtnl_dump(msg: str, msg_type: int, family: int = 0) -> list:
+    """The messages of one rtnetlink dump in the calling thread's net namespace
+    (namespaces.run_in puts a thread there), decoded by pyroute2's class ``msg``."""
+    from lxc_cr.lightimport import submodule
+    return netlink.rtnl_dump(getattr(submodule("pyroute2", f"netlink.rtnl.{msg}"), msg),
+                             msg_type, family)
+
+
 def preload() -> None:
-    """Import pyroute2 in a thread while this one waits for something else (a manager
-    starting the container: the import takes 70 ms of CPU, the wait none).  An import
-    that fails there is simply done again, and fails, where it is needed."""
+    """Import pyroute2's IPRoute in a thread while this one waits for something else (a
+    manager starting the container: the import takes 70 ms of CPU, the wait none).  An
+    import that fails there is simply done again, and fails, where it is needed."""
     import threading
 
     def run():
@@ -158,10 +163,10 @@ def _kind(msg) -> str:
     return kind
 
 
-def read_links(ipr) -> list[tuple[dict, dict]]:
+def read_links() -> list[tuple[dict, dict]]:
     """(net_link, net_link_conf) for every device."""
     out = []
-    for msg in ipr.get_links():
+    for msg in _rtnl_dump("ifinfmsg", netlink.RTM_GETLINK):
         kind = _kind(msg)
         mode = 0
         info = msg.get_attr("IFLA_LINKINFO")
@@ -183,9 +188,9 @@ def read_links(ipr) -> list[tuple[dict, dict]]:
     return out
 
 
-def read_addrs(ipr) -> list[dict]:
+def read_addrs() -> list[dict]:
     out = []
-    for a in ipr.get_addr():
+    for a in _rtnl_dump("ifaddrmsg", netlink.RTM_GETADDR):
         flags = a.get_attr("IFA_FLAGS")
         flags = a["flags"] if flags is None else flags
         out.append(dict(index=a["index"], family=a["family"],
@@ -196,10 +201,10 @@ def read_addrs(ipr) -> list[dict]:
     return out
 
 
-def read_routes(ipr) -> list[dict]:
+def read_routes() -> list[dict]:
     out = []
     for fam in (AF_INET, AF_INET6):
-        for r in ipr.get_routes(family=fam):
+        for r in _rtnl_dump("rtmsg", netlink.RTM_GETROUTE, fam):
             if r["proto"] in (RTPROT_KERNEL, RTPROT_RA) or r["flags"] & RTM_F_CLONED:
                 continue
             table = r.get_attr("RTA_TABLE") or r["table"]
@@ -228,10 +233,10 @@ _DEFAULT_RULES = {(AF_INET, 0, 255), (AF_INET, 32766, 254), (AF_INET, 32767, 253
                   (AF_INET6, 0, 255), (AF_INET6, 32766, 254)}
 
 
-def read_rules(ipr) -> list[dict]:
+def read_rules() -> list[dict]:
     out = []
     for fam in (AF_INET, AF_INET6):
-        for r in ipr.get_rules(family=fam):
+        for r in _rtnl_dump("fibmsg", netlink.RTM_GETRULE, fam):
             table = r.get_attr("FRA_TABLE") or r["table"]
             prio = r.get_attr("FRA_PRIORITY") or 0
             plain = not (r["src_len"] or r["dst_len"] or r.get_attr("FRA_IIFNAME")
@@ -329,14 +334,9 @@ def read_nft() -> str:
 
 # --- check and dump ----------------------------------------------------------------------
 
-def _links_here() -> list[tuple[dict, dict]]:
-    with _ipr() as ipr:
-        return read_links(ipr)
-
-
 def check(root, run_in) -> list[Unsupported]:
     out = []
-    links = run_in(root.host_pid, ("net",), _links_here)
+    links = run_in(root.host_pid, ("net",), read_links)
     names = {ln["index"]: ln["name"] for ln, _c in links}
     for ln, conf in links:
         if ln["kind"] in KINDS or ln["name"] in FALLBACK:
@@ -353,12 +353,9 @@ def check(root, run_in) -> list[Unsupported]:
 
 def _read_here() -> tuple:
     """Devices, addresses, routes, rules and sysctls of the calling thread's namespace."""
-    with _ipr() as ipr:
-        links = read_links(ipr)
-        addrs = read_addrs(ipr)
-        routes = read_routes(ipr)
-        rules = read_rules(ipr)
-    return links, addrs, routes, rules, read_sysctls([ln["name"] for ln, _c in links])
+    links = read_links()
+    return (links, read_addrs(), read_routes(), read_rules(),
+            read_sysctls([ln["name"] for ln, _c in links]))
 
 
 def dump(ctx, root, run_in) -> None:

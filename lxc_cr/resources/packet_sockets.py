@@ -66,9 +66,7 @@ PACKET_COPY_THRESH = 7
 SIOCINQ, SIOCGIFINDEX = 0x541B, 0x8933
 PDI_AUXDATA, PDI_ORIGDEV, PDI_VNETHDR, PDI_LOSS = 2, 4, 8, 16
 
-# sock_diag (linux/sock_diag.h, linux/packet_diag.h)
-NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
-NLM_F_REQUEST, NLM_F_DUMP, NLMSG_ERROR, NLMSG_DONE = 1, 0x300, 2, 3
+# sock_diag (linux/packet_diag.h)
 PACKET_SHOW_INFO, PACKET_SHOW_MCLIST, PACKET_SHOW_RING_CFG = 1, 2, 4
 PACKET_SHOW_FANOUT, PACKET_SHOW_MEMINFO = 8, 16
 (PACKET_DIAG_INFO, PACKET_DIAG_MCLIST, PACKET_DIAG_RX_RING, PACKET_DIAG_TX_RING,
@@ -98,53 +96,31 @@ PACKET_SOCKET = record_kind(0x0370, "packet_socket", cs.Struct(
 def _diag_all() -> dict[int, dict]:
     """{inode: {num, index, version, reserve, copy_thresh, tstamp, flags, rx_ring, tx_ring,
     fanout, mclist, rmem}} of every packet socket of this net namespace."""
+    from lxc_cr.kernel import netlink
     req = struct.pack("<BBHIII", AF_PACKET, 0, 0, 0,
                       PACKET_SHOW_INFO | PACKET_SHOW_MCLIST | PACKET_SHOW_RING_CFG
                       | PACKET_SHOW_FANOUT | PACKET_SHOW_MEMINFO, 0) + struct.pack("<I", 0)
-    msg = struct.pack("<IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY,
-                      NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req
     out: dict[int, dict] = {}
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
-                       NETLINK_SOCK_DIAG) as nl:
-        nl.send(msg)
-        while True:
-            data = nl.recv(1 << 16)
-            off = 0
-            while off + 16 <= len(data):
-                length, typ = struct.unpack_from("<IH", data, off)
-                if typ == NLMSG_DONE:
-                    return out
-                if typ == NLMSG_ERROR:
-                    err = -struct.unpack_from("<i", data, off + 16)[0]
-                    raise OSError(err, f"packet_diag: {os.strerror(err)}")
-                _, _, num, ino = struct.unpack_from("<BBHI", data, off + 16)
-                out[ino] = _diag_attrs(data[off + 32:off + length], num)
-                off += (length + 3) & ~3
+    for msg in netlink.dump(netlink.NETLINK_SOCK_DIAG, netlink.SOCK_DIAG_BY_FAMILY, req,
+                            "packet_diag"):
+        _, _, num, ino = struct.unpack_from("<BBHI", msg, 16)
+        out[ino] = _diag_attrs(netlink.attrs(msg, 32), num)
+    return out
 
 
-def _diag_attrs(attrs: bytes, num: int) -> dict:
+def _diag_attrs(attrs: dict[int, bytes], num: int) -> dict:
     d = dict(num=num, index=0, version=0, reserve=0, copy_thresh=0, tstamp=0, flags=0,
-             rx_ring=False, tx_ring=False, fanout=None, mclist=0, rmem=0)
-    off = 0
-    while off + 4 <= len(attrs):
-        alen, atype = struct.unpack_from("<HH", attrs, off)
-        if alen < 4:
-            break
-        payload = attrs[off + 4:off + alen]
-        if atype == PACKET_DIAG_INFO and len(payload) >= 24:
-            (d["index"], d["version"], d["reserve"], d["copy_thresh"], d["tstamp"],
-             d["flags"]) = struct.unpack_from("<6I", payload)
-        elif atype == PACKET_DIAG_MCLIST:
-            d["mclist"] = len(payload) // 44          # struct packet_diag_mclist, 44 bytes
-        elif atype == PACKET_DIAG_RX_RING:
-            d["rx_ring"] = True
-        elif atype == PACKET_DIAG_TX_RING:
-            d["tx_ring"] = True
-        elif atype == PACKET_DIAG_FANOUT and len(payload) >= 4:
-            d["fanout"] = struct.unpack_from("<I", payload)[0]
-        elif atype == PACKET_DIAG_MEMINFO and len(payload) >= 4:
-            d["rmem"] = struct.unpack_from("<I", payload)[0]
-        off += (alen + 3) & ~3
+             rx_ring=PACKET_DIAG_RX_RING in attrs, tx_ring=PACKET_DIAG_TX_RING in attrs,
+             fanout=None, mclist=len(attrs.get(PACKET_DIAG_MCLIST, b"")) // 44,  # 44 bytes each
+             rmem=0)
+    info = attrs.get(PACKET_DIAG_INFO, b"")
+    if len(info) >= 24:
+        (d["index"], d["version"], d["reserve"], d["copy_thresh"], d["tstamp"],
+         d["flags"]) = struct.unpack_from("<6I", info)
+    if len(attrs.get(PACKET_DIAG_FANOUT, b"")) >= 4:
+        d["fanout"] = struct.unpack_from("<I", attrs[PACKET_DIAG_FANOUT])[0]
+    if len(attrs.get(PACKET_DIAG_MEMINFO, b"")) >= 4:
+        d["rmem"] = struct.unpack_from("<I", attrs[PACKET_DIAG_MEMINFO])[0]
     return d
 
 

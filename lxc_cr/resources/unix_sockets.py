@@ -11,7 +11,7 @@ abstract name; getpeername is ENOTCONN when unconnected), SO_ACCEPTCONN, SO_PASS
 SIOCINQ (bytes queued) and SIOCOUTQ (bytes sent, not yet read by the peer).  sock_diag
 (``struct unix_diag_msg`` with UNIX_DIAG_NAME, UNIX_DIAG_VFS {ino, dev}, UNIX_DIAG_PEER,
 UNIX_DIAG_ICONS: the clients of the embryos in a listener's accept queue,
-UNIX_DIAG_SHUTDOWN; pyroute2's DiagSocket),
+UNIX_DIAG_SHUTDOWN; a plain netlink dump, ``kernel/netlink.py``),
 read in the tree's net namespace and in ours, pairs the ends.  Queued data is read without
 being consumed: MSG_PEEK from offset 0 with SO_PEEK_OFF walking the queue (one datagram at
 a time for dgram/seqpacket, with its sender's address).
@@ -73,6 +73,11 @@ MSG_PEEK, MSG_DONTWAIT = 2, 0x40
 DEFAULT_BACKLOG = 128
 AT_FDCWD = -100
 TCP_LISTEN = 10                    # udiag_state of a listening socket
+# sock_diag of unix sockets (linux/unix_diag.h)
+SS_ALL = (1 << 12) - 1
+UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER, UDIAG_SHOW_ICONS = 0x1, 0x2, 0x4, 0x8
+UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_ICONS = 0, 1, 2, 3
+UNIX_DIAG_SHUTDOWN = 6
 SHUTDOWN_MASK = 3                  # sk_shutdown: RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2
 TYPE_NAMES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram",
               socket.SOCK_SEQPACKET: "seqpacket"}
@@ -164,34 +169,38 @@ def _inspect(host_pid: int, fd: int) -> dict:
         s.close()
 
 
-def _icons(raw) -> list[int]:
-    """UNIX_DIAG_ICONS (u32 inodes), which pyroute2 hands over as "hh:hh:..." hex."""
-    if not raw:
-        return []
-    if isinstance(raw, str):
-        raw = bytes.fromhex(raw.replace(":", ""))
-    return [i for (i,) in struct.iter_unpack("<I", bytes(raw)[:len(raw) // 4 * 4])]
-
-
 def _diag_all() -> dict[int, dict]:
-    """{inode: {type, state, name, vfs (ino, major, minor), peer, icons}} of every unix
-    socket of this net namespace (sock_diag)."""
-    from lxc_cr.lightimport import submodule
-    DiagSocket = submodule("pyroute2", "netlink.diag").DiagSocket
-    out = {}
-    with DiagSocket() as ds:
-        ds.bind()
-        for m in ds.get_sock_stats(family=socket.AF_UNIX):
-            vfs = m.get_attr("UNIX_DIAG_VFS")
-            name = m.get_attr("UNIX_DIAG_NAME")
-            out[m["udiag_ino"]] = dict(
-                type=m["udiag_type"], state=m["udiag_state"], peer=m.get_attr("UNIX_DIAG_PEER"),
-                name=_name(name.encode("latin-1") if isinstance(name, str) else name),
-                vfs=(vfs["udiag_vfs_ino"], vfs["udiag_vfs_dev"] >> 20,
-                     vfs["udiag_vfs_dev"] & 0xFFFFF) if vfs else None,
-                icons=_icons(m.get_attr("UNIX_DIAG_ICONS")),
-                shutdown=m.get_attr("UNIX_DIAG_SHUTDOWN") or 0)
-    return out
+    """{inode: {type, state, name, vfs (ino, major, minor), peer, icons, shutdown}} of every
+    unix socket of the calling thread's net namespace (sock_diag)."""
+    from lxc_cr.kernel import netlink
+    req = struct.pack("=BBHIII8x", socket.AF_UNIX, 0, 0, SS_ALL, 0,
+                      UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS)
+    return dict(_diag_entry(msg, netlink.attrs(msg, 32))
+                for msg in netlink.dump(netlink.NETLINK_SOCK_DIAG, netlink.SOCK_DIAG_BY_FAMILY,
+                                        req, "unix sock_diag"))
+
+
+def _diag_entry(msg: bytes, a: dict[int, bytes]) -> tuple[int, dict]:
+    """(inode, entry) of one reply: ``struct unix_diag_msg`` after the netlink header, then
+    its attributes ``a``."""
+    _fam, typ, state, _pad, ino = struct.unpack_from("=BBBBI", msg, 16)
+    name = a.get(UNIX_DIAG_NAME, b"")
+    vfs = a.get(UNIX_DIAG_VFS)
+    if vfs is not None:
+        vino, vdev = struct.unpack_from("=II", vfs)
+        vfs = (vino, vdev >> 20, vdev & 0xFFFFF)       # the kernel's own dev_t
+    icons = a.get(UNIX_DIAG_ICONS, b"")
+    return ino, dict(
+        type=typ, state=state, vfs=vfs,
+        name=("@" + name[1:].decode(errors="replace") if name[:1] == b"\0"
+              else name.rstrip(b"\0").decode(errors="replace")),
+        peer=_u(a.get(UNIX_DIAG_PEER), "=I"),
+        icons=[i for (i,) in struct.iter_unpack("=I", icons[:len(icons) // 4 * 4])],
+        shutdown=_u(a.get(UNIX_DIAG_SHUTDOWN), "=B"))
+
+
+def _u(raw: bytes | None, fmt: str) -> int:
+    return struct.unpack_from(fmt, raw)[0] if raw and len(raw) >= struct.calcsize(fmt) else 0
 
 
 def _diag(ctx, host_pid: int) -> dict[int, dict]:
