@@ -331,7 +331,7 @@ class ImageReader:
             k, obj = self.decode(tag, payload, off)
             yield off, k, obj
 
-    def verify(self, blocks: bool = True) -> list:
+    def verify(self, blocks: bool = True, canonical: bool = True) -> list:
         """Check every byte of the file: every record (checksum, decoding), every data block
         (bounds, crc32, codec, decompressed length), and that whatever lies between them
         (alignment padding) is zero.  Restore calls this before creating any process.
@@ -340,6 +340,10 @@ class ImageReader:
         record, the index and every block's bounds, but not the block contents again: their
         crc32 was computed from the very buffers written (pwritev's count checked, fsynced),
         and reading them back would only read the page cache.
+
+        ``canonical=False`` (again the dump, whose records this very process has just
+        encoded from the same declarations) decodes every record but does not encode it
+        again to compare: that would compare the encoder with itself.
 
         An encrypted image is authenticated whole first (every chunk of the envelope,
         blocks included), whatever ``blocks`` says: nobody's edit gets past it.
@@ -351,7 +355,7 @@ class ImageReader:
         seen = {}
         decoded = []
         for tag, off, payload in self.raw_records():
-            kind, obj = self.decode(tag, payload, off, canonical=True)
+            kind, obj = self.decode(tag, payload, off, canonical=canonical)
             decoded.append((kind, obj))
             for ref in iter_block_refs(obj):
                 key = (ref["offset"], ref["stored"])

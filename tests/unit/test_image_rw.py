@@ -232,3 +232,6 @@ def test_non_canonical_record_refused_by_verify(tmp_path):
         assert obj.own is True
         with pytest.raises(ImageError, match="not canonically encoded"):
             r.verify()
+        # the dump's own check of what it has just encoded decodes without re-encoding
+        (k, obj), = r.verify(canonical=False)
+        assert k is ns and obj.own is True
