@@ -43,6 +43,7 @@ AF_INET, AF_INET6 = socket.AF_INET, socket.AF_INET6
 IFF_UP, IFF_NOARP, IFF_PROMISC, IFF_ALLMULTI, IFF_MULTICAST = 0x1, 0x80, 0x100, 0x200, 0x1000
 IFF_SETTABLE = IFF_NOARP | IFF_PROMISC | IFF_ALLMULTI | IFF_MULTICAST
 IFA_F_NODAD, IFA_F_PERMANENT = 0x02, 0x80
+IFAPROT_KERNEL = (1, 2, 3)     # IFA_PROTO: IFAPROT_KERNEL_LO, _RA, _LL (linux/if_addr.h)
 RTPROT_KERNEL, RTPROT_RA = 2, 9
 RTM_F_CLONED = 0x200
 RT_TABLE_LOCAL = 255
@@ -189,8 +190,14 @@ def read_links() -> list[tuple[dict, dict]]:
 
 
 def read_addrs() -> list[dict]:
+    """Every address but those IFA_PROTO says the kernel made (loopback, router
+    advertisement, link-local): a device's link-local address stays when its MAC changes,
+    as a restore into a manager's fresh veth does, and recorded it was added again at the
+    next restore, one more after each checkpoint."""
     out = []
     for a in _rtnl_dump("ifaddrmsg", netlink.RTM_GETADDR):
+        if a.get_attr("IFA_PROTO") in IFAPROT_KERNEL:
+            continue
         flags = a.get_attr("IFA_FLAGS")
         flags = a["flags"] if flags is None else flags
         out.append(dict(index=a["index"], family=a["family"],
