@@ -3,6 +3,9 @@
 Imports of the engine are lazy, so ``--help`` and start-up stay small.  Every LxcCrError
 becomes one ``lxc-cr: error:`` line and its exit code; anything else is a bug and still
 prints one line (with ``--debug`` the traceback too) and exits 1.
+
+The installed commands run ``run`` and ``run_lxc_checkpoint``: ``main`` and
+``lxc_checkpoint_main`` as the whole process (see ``_as_process``).
 """
 
 from __future__ import annotations
@@ -280,5 +283,43 @@ def lxc_checkpoint_main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _as_process(entry) -> None:
+    """Run ``entry()`` as the whole life of this process, which ends with its exit code.
+
+    - The cyclic garbage collector starts at 100 000 new objects instead of 700.  A busybox
+      checkpoint allocates about that many, almost none of them in reference cycles, and
+      the default threshold ran 57-75 collections in it: 10-15 ms.
+    - The process ends with os._exit once stdout and stderr are flushed, skipping the
+      interpreter's teardown (freeing every module and object: 30-45 ms).  Nothing of
+      lxc-cr's needs it: images, intent records and pid files are written, fsynced and
+      closed before a command returns; lxc-cr registers no atexit handler; the threads
+      left are idle (the page reader) or daemons.
+
+    A SystemExit (usage errors, --help) still ends the process the ordinary way."""
+    import gc
+    import os
+    gc.set_threshold(100_000, 10, 10)
+    code = entry()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:             # as main() treats it: exit 1, no message
+        code = code or 1
+    try:
+        sys.stderr.flush()
+    except OSError:
+        pass
+    os._exit(code)
+
+
+def run() -> None:
+    """The ``lxc-cr`` command."""
+    _as_process(main)
+
+
+def run_lxc_checkpoint() -> None:
+    """The ``lxc-checkpoint`` command."""
+    _as_process(lxc_checkpoint_main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -192,3 +192,19 @@ def test_convert_cli(demo, tmp_path):
     r = cli("convert", tmp_path / "missing", tmp_path / "x")
     assert r.returncode == 2 and r.stderr.startswith("lxc-cr: error:")
     assert not (tmp_path / "x").exists()
+
+
+def test_installed_command_flushes_then_exits_with_its_code(demo):
+    """The installed command ends with os._exit (cli._as_process): its whole output is
+    still there, its exit code is the command's, and a reader that goes away early gets
+    exit 1 without a traceback."""
+    if not LXC_CR.exists():
+        pytest.skip("lxc-cr is not installed in this interpreter's bin")
+    r = cli("inspect", "--json", demo)
+    assert r.returncode == 0 and json.loads(r.stdout)["image"].endswith("demo.img")
+    p = subprocess.Popen([str(LXC_CR), "inspect", "--json", demo], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()                  # nobody reads: the flush at exit meets a closed pipe
+    assert p.wait(timeout=60) == 1
+    assert p.stderr.read() == b""
+    p.stderr.close()
