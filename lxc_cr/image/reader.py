@@ -341,9 +341,11 @@ class ImageReader:
         crc32 was computed from the very buffers written (pwritev's count checked, fsynced),
         and reading them back would only read the page cache.
 
-        ``canonical=False`` (again the dump, whose records this very process has just
-        encoded from the same declarations) decodes every record but does not encode it
-        again to compare: that would compare the encoder with itself.
+        ``canonical=False`` decodes every record but does not encode it again to compare.
+        The dump checks records this very process has just encoded from the same
+        declarations (that would compare the encoder with itself); restore uses the
+        decoded values, and a record that would re-encode differently (a Flag byte of 2)
+        means the same to it.  inspect and convert keep the check.
 
         An encrypted image is authenticated whole first (every chunk of the envelope,
         blocks included), whatever ``blocks`` says: nobody's edit gets past it.
