@@ -11,6 +11,7 @@ connection working.  Not covered: a peer outside the tree (see docs/support-matr
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -82,6 +83,14 @@ def conn_props(pid: int, fd: int) -> dict:
                     big_mss=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG) > 536)
 
 
+def send_queue(pid: int, fd: int) -> int:
+    """Bytes in the send queue of the task's socket, sent or not, not yet acknowledged
+    (SIOCOUTQ)."""
+    from lxc_cr.resources.files import getfd
+    with socket.socket(fileno=getfd(pid, fd)) as s:
+        return struct.unpack("i", fcntl.ioctl(s.fileno(), 0x5411, b"\0" * 4))[0]
+
+
 def both_props(root: int, st, cst) -> dict:
     client = children(root)
     assert len(client) == 1, f"the server should have one child (the client): {client}"
@@ -106,6 +115,9 @@ def test_established_connection_continues(tree, mode):
     p0 = both_props(wl.root, st, cst)
     assert p0["server"]["state"] == 1 and p0["server"]["nodelay"] and not p0["client"]["nodelay"]
     assert p0["server"]["peer"] == p0["client"]["name"] and p0["server"]["big_mss"], p0
+    if mode == "bulk":      # the checkpoint must find the client's send queue well filled
+        wait_for(lambda: send_queue(children(wl.root)[0], int(read_state(cst)["fd"])) > 65536,
+                 "the client's send queue to hold more than 64 KiB")
 
     dump_kill(tree, wl.root, d / "img", "--tcp-established")
     s0, c0 = read_state(st), read_state(cst)      # as the tree was at the checkpoint
