@@ -2,8 +2,8 @@
 
 A dump is one request (``NLM_F_REQUEST | NLM_F_DUMP``) and the replies up to NLMSG_DONE.
 lxc-cr only ever reads state this way while it checks and dumps: devices, addresses,
-routes and rules (rtnetlink), and the unix and packet sockets of a namespace
-(sock_diag).  pyroute2 declares the rtnetlink messages and decodes them here
+routes and rules (rtnetlink), the unix and packet sockets of a namespace (sock_diag),
+and whether it has any nftables table (nfnetlink).  pyroute2 declares the rtnetlink messages and decodes them here
 (``rtnl_dump``), the same classes its IPRoute uses; a restore's writes still go through
 IPRoute.
 
@@ -24,11 +24,12 @@ import os
 import socket
 import struct
 
-NETLINK_ROUTE, NETLINK_SOCK_DIAG = 0, 4
+NETLINK_ROUTE, NETLINK_SOCK_DIAG, NETLINK_NETFILTER = 0, 4, 12
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_DUMP_INTR, NLM_F_DUMP = 0x1, 0x2, 0x10, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE, RTM_GETRULE = 18, 22, 26, 34
 SOCK_DIAG_BY_FAMILY = 20
+NFT_MSG_GETTABLE = (10 << 8) | 1         # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE
 
 _HDR = struct.Struct("=IHHII")           # struct nlmsghdr: len, type, flags, seq, pid
 _ATTR = struct.Struct("=HH")             # struct nlattr / rtattr: len, type

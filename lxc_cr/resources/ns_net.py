@@ -335,7 +335,11 @@ def _sysctl_order(key: str) -> tuple:
 
 
 def read_nft() -> str:
-    """``nft -j list ruleset`` in the calling process's namespace; "" when empty."""
+    """``nft -j list ruleset`` in the calling thread's namespace; "" when empty.  Everything
+    nftables holds is in a table, so a namespace without one (asked through nfnetlink) is
+    empty without running nft."""
+    if not _nft_tables():
+        return ""
     try:
         r = subprocess.run([NFT, "-j", "list", "ruleset"], stdin=subprocess.DEVNULL,
                            capture_output=True, text=True, timeout=60)
@@ -346,6 +350,16 @@ def read_nft() -> str:
     doc = json.loads(r.stdout or "{}")
     items = [x for x in doc.get("nftables", []) if "metainfo" not in x]
     return json.dumps(doc, separators=(",", ":")) if items else ""
+
+
+def _nft_tables() -> bool:
+    """Whether the calling thread's namespace has an nftables table (True when it cannot
+    be told: nft is asked then)."""
+    try:
+        return bool(netlink.dump(netlink.NETLINK_NETFILTER, netlink.NFT_MSG_GETTABLE,
+                                 bytes(4), "nftables tables"))   # struct nfgenmsg, AF_UNSPEC
+    except OSError:
+        return True
 
 
 # --- check and dump ----------------------------------------------------------------------

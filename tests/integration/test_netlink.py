@@ -2,7 +2,8 @@
 Against the real kernel, each reader must give exactly what pyroute2's own sockets
 (IPRoute, DiagSocket) give for the same objects: a net namespace of its own (unshare) with
 veth, bridge, macvlan, addresses with labels and IPv6, routes with metrics, multipath and
-a second table, and rules; unix sockets of every shape sock_diag reports."""
+a second table, and rules; unix sockets of every shape sock_diag reports; nftables tables
+through nfnetlink."""
 
 from __future__ import annotations
 
@@ -161,3 +162,14 @@ def test_attrs_walks_padding_and_masks_flags():
            + b"\x08\x00\x02\x80" + b"bcde"                 # type 2 with NLA_F_NESTED
            + b"\x03\x00")                                 # a truncated header: ignored
     assert netlink.attrs(buf) == {1: b"a", 2: b"bcde"}
+
+
+def test_nftables_tables_asked_through_nfnetlink(netns):
+    """A namespace without a table is empty without running nft; with one (any family),
+    nft lists it."""
+    assert run_in(netns, ("net",), ns_net._nft_tables) is False
+    assert run_in(netns, ("net",), ns_net.read_nft) == ""
+    subprocess.run(["nsenter", "-t", str(netns), "-n", "nft", "add", "table", "ip", "lxccrt"],
+                   check=True)
+    assert run_in(netns, ("net",), ns_net._nft_tables) is True
+    assert '"name":"lxccrt"' in run_in(netns, ("net",), ns_net.read_nft)
