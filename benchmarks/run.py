@@ -451,7 +451,7 @@ def main() -> int:
         ("mem-4G", lambda: bench_tree("mem-4G", binary, ["dense", 4096], 4 * G, work,
                                       max(1, reps // 2), raw_restore_mib=4096)),
         # the same touched bytes (1 % of 64 GiB = 655 MiB) dense and inside a sparse mapping
-        ("sparse-64G-1pct", lambda: bench_sparse_pair(binary, work, max(reps, 5))),
+        ("sparse-64G-1pct", lambda: bench_sparse_pair(binary, work, max(reps, 9))),
         ("tree-100", lambda: bench_tree("tree-100", binary, ["tree", 100, 1], 100 << 20, work,
                                         reps)),
         ("lxc-busybox", lambda: bench_lxc(work, reps if a.quick else max(reps, 7))),
