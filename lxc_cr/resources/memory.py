@@ -140,7 +140,7 @@ def _pipelined(items, sizes, read, write) -> None:
     nothing is allocated or zeroed per item and there is no per-page Python work.  read may
     instead return a MappedBlock (the image's bytes mapped, ImageReader.map_block): write
     then gets its view, and it is closed after.  Without a reader thread (see start_reader)
-    the same work runs in turn."""
+    the same work runs in turn, as it does for at most _OVERLAP_FROM bytes in all."""
     if not items:
         return
     bufs = _buffers(max(sizes))
@@ -154,7 +154,9 @@ def _pipelined(items, sizes, read, write) -> None:
                 got.close()
         progress.advance(sizes[i])
 
-    pool = _reader_pool()
+    # a handoff to the reader thread and back costs more than reading a few pages: a
+    # mapping with little data (most of a process's) is read in turn
+    pool = _reader_pool() if sum(sizes) > _OVERLAP_FROM else None
     if pool is None:
         for i, item in enumerate(items):
             step(i, read(item, views[i]))
@@ -179,6 +181,7 @@ def _pipelined(items, sizes, read, write) -> None:
 
 _pool = None
 _bufs: list[memoryview] = []
+_OVERLAP_FROM = 1 << 20          # bytes of one mapping (or shmem object) worth a reader thread
 
 
 def _reader_pool():
