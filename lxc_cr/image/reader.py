@@ -84,6 +84,32 @@ def _tag_arg(kind) -> int | None:
     return found.tag
 
 
+_REF_KEYS = {"offset", "length", "stored", "codec", "crc32"}
+_HOLDS_REFS: dict[int, bool] = {}
+
+
+def may_hold_block_refs(kind: K.RecordKind) -> bool:
+    """Whether records of ``kind`` can hold a BlockRef at all (a struct with its fields
+    somewhere in the declaration): most cannot, and walking every parsed record for them
+    cost a dump of 100 processes about as much as decoding them."""
+    got = _HOLDS_REFS.get(kind.tag)
+    if got is None:
+        from lxc_cr.image import fields
+        try:
+            got = _node_holds_refs(fields.node(kind.struct))
+        except TypeError:                 # a construct fields.node does not describe
+            got = True
+        _HOLDS_REFS[kind.tag] = got
+    return got
+
+
+def _node_holds_refs(n) -> bool:
+    if n.kind == "struct" and _REF_KEYS <= {name for name, _ in n.fields}:
+        return True
+    return any(_node_holds_refs(sub) for _, sub in n.fields) or \
+        (n.item is not None and _node_holds_refs(n.item))
+
+
 def iter_block_refs(obj):
     """Every BlockRef (as a Container) in a parsed record."""
     if isinstance(obj, dict):
@@ -359,6 +385,8 @@ class ImageReader:
         for tag, off, payload in self.raw_records():
             kind, obj = self.decode(tag, payload, off, canonical=canonical)
             decoded.append((kind, obj))
+            if kind is not None and not may_hold_block_refs(kind):
+                continue
             for ref in iter_block_refs(obj):
                 key = (ref["offset"], ref["stored"])
                 old = seen.get(key)

@@ -235,3 +235,16 @@ def test_non_canonical_record_refused_by_verify(tmp_path):
         # the dump's own check of what it has just encoded decodes without re-encoding
         (k, obj), = r.verify(canonical=False)
         assert k is ns and obj.own is True
+
+
+def test_kinds_that_cannot_hold_block_refs_are_skipped_rightly():
+    """verify walks only the records whose declaration has a BlockRef somewhere; every
+    other kind's records, whatever their values, hold none."""
+    from lxc_cr.image.reader import iter_block_refs, may_hold_block_refs
+    kinds.load_all()
+    holding = {k.name for k in kinds.all_kinds() if may_hold_block_refs(k)}
+    assert {"pages", "memfd", "ghost_file", "sysv_shm", "mount_data"} <= holding
+    for k in kinds.all_kinds():
+        refs = [r for i in range(8)
+                for r in iter_block_refs(k.parse(k.build(fields.sample(fields.node(k.struct), i))))]
+        assert bool(refs) == (k.name in holding), k.name
