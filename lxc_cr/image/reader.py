@@ -327,19 +327,23 @@ class ImageReader:
                 yield tag, off, fr.body.value.payload
 
     def decode(self, tag: int, payload: bytes, offset: int | None = None,
-               canonical: bool = False):
+               canonical: bool = False, own: bool = False):
         """(kind, obj) of one record payload; unknown tags give (None, RawRecord).
 
         ``canonical``: also require that the record re-encodes to the same bytes (a Flag
         byte other than 0/1, an over-long varint would not), so inspect and convert lose
-        nothing; verify() asks for it.
+        nothing; verify() asks for it.  ``own``: this process wrote the payload a moment
+        ago, so a hot kind may be parsed by compiled code (kinds.when_hot).
         """
         kind = K.by_tag(tag)
         if kind is None:
             return None, RawRecord(tag, payload)
+        strict = _strict(kind)
+        if own:
+            strict = K.when_hot(("parse", tag), strict)
         try:
-            obj = _strict(kind).parse(payload)
-            if canonical and kind.build(obj) != payload:
+            obj = strict.parse(payload)
+            if canonical and kind.struct.build(obj) != payload:
                 raise self.error(f"{kind.name} record is not canonically encoded", offset,
                                  kind.name)
         except _DECODE_ERRORS as e:
@@ -357,7 +361,7 @@ class ImageReader:
             k, obj = self.decode(tag, payload, off)
             yield off, k, obj
 
-    def verify(self, blocks: bool = True, canonical: bool = True) -> list:
+    def verify(self, blocks: bool = True, canonical: bool = True, own: bool = False) -> list:
         """Check every byte of the file: every record (checksum, decoding), every data block
         (bounds, crc32, codec, decompressed length), and that whatever lies between them
         (alignment padding) is zero.  Restore calls this before creating any process.
@@ -373,6 +377,10 @@ class ImageReader:
         decoded values, and a record that would re-encode differently (a Flag byte of 2)
         means the same to it.  inspect and convert keep the check.
 
+        ``own=True`` (the dump again): the records were written by this process a moment
+        ago and are parsed by compiled code once their kind is hot (kinds.when_hot).  Never
+        for an image read from disk: a compiled parser trusts counts and lengths.
+
         An encrypted image is authenticated whole first (every chunk of the envelope,
         blocks included), whatever ``blocks`` says: nobody's edit gets past it.
 
@@ -383,7 +391,7 @@ class ImageReader:
         seen = {}
         decoded = []
         for tag, off, payload in self.raw_records():
-            kind, obj = self.decode(tag, payload, off, canonical=canonical)
+            kind, obj = self.decode(tag, payload, off, canonical=canonical, own=own)
             decoded.append((kind, obj))
             if kind is not None and not may_hold_block_refs(kind):
                 continue

@@ -14,6 +14,7 @@ offsets, never joined or held.
 from __future__ import annotations
 
 import os
+import struct
 import time
 
 import construct as cs
@@ -156,7 +157,8 @@ class ImageWriter:
             return
         try:
             payload = kind.build(obj)
-        except (cs.ConstructError, TypeError, ValueError, KeyError, UnicodeError) as e:
+        except (cs.ConstructError, TypeError, ValueError, KeyError, UnicodeError,
+                struct.error) as e:            # struct.error: from a compiled kind
             why = (str(e).strip().splitlines() or [type(e).__name__])[-1]
             raise OperationFailed(f"{self.path}: cannot encode a {kind.name} record: {why}",
                                   path=self.path, section=kind.name) from e
