@@ -76,7 +76,7 @@ class Regs(ctypes.Structure):
         return r
 
     def copy(self) -> "Regs":
-        return Regs.from_list(self.as_list())
+        return Regs.from_buffer_copy(self)      # one memcpy (every injected call makes one)
 
 
 class _Iovec(ctypes.Structure):
