@@ -16,6 +16,7 @@ Tag ranges (keep them grouped by resource):
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import construct as cs
@@ -32,41 +33,55 @@ class RecordKind:
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def build(self, obj) -> bytes:
-        """The payload of ``obj`` (compiled once this kind is hot: ``when_hot``)."""
-        return when_hot(("build", self.tag), self.struct).build(obj)
+        """The payload of ``obj`` (compiled once this kind is hot: ``hot_call``)."""
+        return hot_call(("build", self.tag), self.struct, "build", obj)
 
     def parse(self, data: bytes):
         return self.struct.parse(data)
 
 
 # construct's compile() turns a declaration into generated Python that builds and parses
-# about 4x faster, at about 1 ms a declaration: worth it for the kinds a dump writes by the
-# hundred (a 100-process tree: 4600 records, half of its time in construct).  Only trusted
-# input goes through compiled code: objects this process builds, and the records it has
-# just written (ImageReader.verify(own=True)).  A compiled parser trusts counts and
-# lengths: a PrefixedArray whose count was edited to 2**60 allocates for it before it reads
-# one byte, where the declaration itself stops at the end of the data.  So images read
-# from disk are parsed by the declaration.
-HOT = 32                     # uses of one declaration in one process before it is compiled
-_HOT: dict = {}              # key -> [uses, declaration, compiled or None]
+# about 4x faster, at 1-2 ms a declaration: worth it for the kinds a dump writes by the
+# hundred (a 100-process tree: 4600 records, half of its time in construct), not for a
+# busybox container's few dozen.  So a declaration is compiled once this process has spent
+# COMPILE_AFTER interpreting it: what compiling may waste stays below that.
+#
+# Only trusted input goes through compiled code: objects this process builds, and the
+# records it has just written (ImageReader.verify(own=True)).  A compiled parser trusts
+# counts and lengths: a PrefixedArray whose count was edited to 2**60 allocates for it
+# before it reads one byte, where the declaration itself stops at the end of the data.
+# So images read from disk are parsed by the declaration.
+COMPILE_AFTER = 0.005        # seconds spent interpreting one declaration
+_HOT: dict = {}              # key -> _Hot
 
 
-def when_hot(key, struct: cs.Construct) -> cs.Construct:
-    """``struct``, or its compiled form once it has been asked for HOT times under ``key``
-    (a declaration construct cannot compile stays interpreted)."""
+class _Hot:
+    __slots__ = ("struct", "compiled", "spent", "tried")
+
+    def __init__(self, struct):
+        self.struct, self.compiled, self.spent, self.tried = struct, None, 0.0, False
+
+
+def hot_call(key, struct: cs.Construct, method: str, arg):
+    """``struct.build(arg)`` or ``struct.parse(arg)`` (``method``), by the compiled form
+    once the declaration is hot under ``key`` (one that construct cannot compile stays
+    interpreted)."""
     e = _HOT.get(key)
-    if e is None or e[1] is not struct:
-        e = _HOT[key] = [0, struct, None]
-    if e[2] is not None:
-        return e[2]
-    e[0] += 1
-    if e[0] == HOT:
-        try:
-            e[2] = struct.compile()
-        except Exception:            # noqa: BLE001 - not compilable: keep interpreting it
-            return struct
-        return e[2]
-    return struct
+    if e is None or e.struct is not struct:
+        e = _HOT[key] = _Hot(struct)
+    if e.compiled is not None:
+        return getattr(e.compiled, method)(arg)
+    t = time.perf_counter()
+    try:
+        return getattr(struct, method)(arg)
+    finally:
+        e.spent += time.perf_counter() - t
+        if e.spent >= COMPILE_AFTER and not e.tried:
+            e.tried = True
+            try:
+                e.compiled = struct.compile()
+            except Exception:        # noqa: BLE001 - not compilable: keep interpreting it
+                pass
 
 
 _BY_TAG: dict[int, RecordKind] = {}

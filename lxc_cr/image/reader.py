@@ -333,16 +333,15 @@ class ImageReader:
         ``canonical``: also require that the record re-encodes to the same bytes (a Flag
         byte other than 0/1, an over-long varint would not), so inspect and convert lose
         nothing; verify() asks for it.  ``own``: this process wrote the payload a moment
-        ago, so a hot kind may be parsed by compiled code (kinds.when_hot).
+        ago, so a hot kind may be parsed by compiled code (kinds.hot_call).
         """
         kind = K.by_tag(tag)
         if kind is None:
             return None, RawRecord(tag, payload)
         strict = _strict(kind)
-        if own:
-            strict = K.when_hot(("parse", tag), strict)
         try:
-            obj = strict.parse(payload)
+            obj = K.hot_call(("parse", tag), strict, "parse", payload) if own else \
+                strict.parse(payload)
             if canonical and kind.struct.build(obj) != payload:
                 raise self.error(f"{kind.name} record is not canonically encoded", offset,
                                  kind.name)
@@ -378,7 +377,7 @@ class ImageReader:
         means the same to it.  inspect and convert keep the check.
 
         ``own=True`` (the dump again): the records were written by this process a moment
-        ago and are parsed by compiled code once their kind is hot (kinds.when_hot).  Never
+        ago and are parsed by compiled code once their kind is hot (kinds.hot_call).  Never
         for an image read from disk: a compiled parser trusts counts and lengths.
 
         An encrypted image is authenticated whole first (every chunk of the envelope,

@@ -3,9 +3,9 @@
 A dump is one request (``NLM_F_REQUEST | NLM_F_DUMP``) and the replies up to NLMSG_DONE.
 lxc-cr only ever reads state this way while it checks and dumps: devices, addresses,
 routes and rules (rtnetlink), the unix and packet sockets of a namespace (sock_diag),
-and whether it has any nftables table (nfnetlink).  pyroute2 declares the rtnetlink messages and decodes them here
-(``rtnl_dump``), the same classes its IPRoute uses; a restore's writes still go through
-IPRoute.
+and whether it has any nftables table (nfnetlink).  pyroute2's message classes, the same
+its IPRoute uses, decode the rtnetlink replies (``rtnl_dump``); a restore's writes still
+go through IPRoute.
 
 Why not IPRoute for the reads as well: pyroute2 0.9 runs every socket on an asyncio event
 loop.  Importing that machinery costs about 50 ms, and each socket opens a loop of its own,
@@ -25,7 +25,7 @@ import socket
 import struct
 
 NETLINK_ROUTE, NETLINK_SOCK_DIAG, NETLINK_NETFILTER = 0, 4, 12
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_DUMP_INTR, NLM_F_DUMP = 0x1, 0x2, 0x10, 0x300
+NLM_F_REQUEST, NLM_F_DUMP_INTR, NLM_F_DUMP = 0x1, 0x10, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE, RTM_GETRULE = 18, 22, 26, 34
 SOCK_DIAG_BY_FAMILY = 20
