@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from lxc_cr.image import format as F
-from lxc_cr.image.reader import ImageReader, iter_block_refs
+from lxc_cr.image.reader import ImageReader, block_refs
 from lxc_cr.image.writer import ImageWriter
 
 
@@ -42,8 +42,8 @@ def recode(reader: ImageReader, writer: ImageWriter, edit=None) -> dict:
     reader.verify()
     items = list(reader.records_with_offsets())
     blocks = {}
-    for _off, _k, obj in items:
-        for ref in iter_block_refs(obj):
+    for _off, k, obj in items:
+        for ref in block_refs(k, obj):
             blocks.setdefault(_ref_key(ref), ref)
     order = sorted([(off, 1, k, obj) for off, k, obj in items] +
                    [(ref["offset"], 0, None, ref) for ref in blocks.values()],
@@ -56,7 +56,7 @@ def recode(reader: ImageReader, writer: ImageWriter, edit=None) -> dict:
             if key not in done:
                 done[key] = writer.copy_block(src, obj)
             continue
-        for ref in iter_block_refs(obj):
+        for ref in block_refs(kind, obj):
             key = _ref_key(ref)
             if key not in done:
                 done[key] = writer.copy_block(src, ref)

@@ -17,7 +17,7 @@ from lxc_cr.errors import UsageError
 from lxc_cr.image import fields as FL
 from lxc_cr.image import format as F
 from lxc_cr.image import kinds as K
-from lxc_cr.image.reader import ImageReader, iter_block_refs
+from lxc_cr.image.reader import ImageReader, block_refs
 
 NS_KINDS = ("pid", "uts", "ipc", "net", "mnt", "cgroup", "time", "user")
 # fields shown in hex as well (addresses, flags, masks, registers)
@@ -110,7 +110,7 @@ def summarize(r: ImageReader) -> dict:
             fds.setdefault(obj.pid, []).append(dict(
                 fd=obj.fd, kind=obj.kind, target=obj.target, flags=obj.flags,
                 cloexec=bool(obj.cloexec), pos=obj.pos, file_id=obj.file_id))
-        for ref in iter_block_refs(obj):
+        for ref in block_refs(kind, obj):
             key = (ref.offset, ref.stored)
             if key not in seen:
                 seen.add(key)

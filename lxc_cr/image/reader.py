@@ -85,7 +85,7 @@ def _tag_arg(kind) -> int | None:
 
 
 _REF_KEYS = {"offset", "length", "stored", "codec", "crc32"}
-_HOLDS_REFS: dict[int, bool] = {}
+_HOLDS_REFS: dict[int, tuple] = {}      # tag -> (its struct, whether it can hold one)
 
 
 def may_hold_block_refs(kind: K.RecordKind) -> bool:
@@ -93,14 +93,14 @@ def may_hold_block_refs(kind: K.RecordKind) -> bool:
     somewhere in the declaration): most cannot, and walking every parsed record for them
     cost a dump of 100 processes about as much as decoding them."""
     got = _HOLDS_REFS.get(kind.tag)
-    if got is None:
+    if got is None or got[0] is not kind.struct:
         from lxc_cr.image import fields
         try:
-            got = _node_holds_refs(fields.node(kind.struct))
+            holds = _node_holds_refs(fields.node(kind.struct))
         except TypeError:                 # a construct fields.node does not describe
-            got = True
-        _HOLDS_REFS[kind.tag] = got
-    return got
+            holds = True
+        got = _HOLDS_REFS[kind.tag] = (kind.struct, holds)
+    return got[1]
 
 
 def _node_holds_refs(n) -> bool:
@@ -108,6 +108,14 @@ def _node_holds_refs(n) -> bool:
         return True
     return any(_node_holds_refs(sub) for _, sub in n.fields) or \
         (n.item is not None and _node_holds_refs(n.item))
+
+
+def block_refs(kind: K.RecordKind | None, obj):
+    """Every BlockRef in a record ``obj`` of ``kind`` (None: an unknown record, raw bytes,
+    which holds none); kinds that cannot hold one are not walked."""
+    if kind is None or not may_hold_block_refs(kind):
+        return ()
+    return iter_block_refs(obj)
 
 
 def iter_block_refs(obj):
@@ -392,9 +400,7 @@ class ImageReader:
         for tag, off, payload in self.raw_records():
             kind, obj = self.decode(tag, payload, off, canonical=canonical, own=own)
             decoded.append((kind, obj))
-            if kind is not None and not may_hold_block_refs(kind):
-                continue
-            for ref in iter_block_refs(obj):
+            for ref in block_refs(kind, obj):
                 key = (ref["offset"], ref["stored"])
                 old = seen.get(key)
                 if old is not None:

@@ -6,13 +6,14 @@ and ``Seccomp_filters:`` how many filters the thread has (each seccomp(2) call a
 a fork or clone inherits them).  The filters' BPF programs are not dumped.
 
 - ``tree dump``: a thread in strict mode, or with more filters than lxc-cr itself has, is
-  refused: ``pid 42 (app) thread 43: seccomp filter (2): not supported``.  Filters that
-  lxc-cr has too (a sandbox around the whole system) come back by themselves: the
-  restored tree is forked from lxc-cr, which inherits them again.
+  refused: ``pid 42 (app) thread 43: seccomp filter (2): not supported`` (``(1 of its own,
+  3 in all)`` when lxc-cr has filters too).  Filters that lxc-cr has too (a sandbox around
+  the whole system) come back by themselves: the restored tree is forked from lxc-cr,
+  which inherits them again.
 - A manager's container (LXC ``lxc.seccomp.profile``, libvirt): the manager applies its
   profile to the container's init before that init's exec, which is where lxc-cr takes
-  over a restored container, so every restored process inherits it again.  Only a thread
-  with more filters than the container's init has filters of its own, and is refused.
+  over a restored container, so every restored process inherits it again.  A thread with
+  more filters than the container's init has filters of its own, and is refused.
 
 Filters are counted, not compared: a thread with as many filters as the reference but
 different ones would pass.
