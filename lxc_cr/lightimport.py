@@ -5,8 +5,9 @@ Two dependencies make every CLI start pay for what it does not use: pyroute2's
 about 50 ms), and crc32c's asks importlib.metadata for its own version (about 17 ms).  A
 busybox container's whole checkpoint is budgeted at 0.2 s (issue #11).
 
-``submodule("pyroute2", "iproute.linux")`` puts the package in ``sys.modules`` without
-executing it, then imports the submodule (which imports its own dependencies as usual).
+``submodule("pyroute2", "netlink.rtnl.ifinfmsg")`` puts the package in ``sys.modules``
+without executing it, then imports the submodule (which imports its own dependencies as
+usual).
 The package's ``__init__`` still runs, into the same module object, the first time an
 attribute it defines is asked for: ``from pyroute2 import IPRoute`` elsewhere (a test, a
 plugin) keeps working, it only pays the full import then.

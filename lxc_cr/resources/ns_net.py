@@ -1,8 +1,8 @@
 """Network namespace: devices, addresses, routes, rules, net sysctls and the nftables ruleset.
 
-Everything is read and written through rtnetlink, with pyroute2's message classes (no
-``ip`` subprocess).  Reads are plain dumps (``kernel/netlink.py``); a restore writes with
-pyroute2's IPRoute::
+Everything is read and written through rtnetlink on a plain socket (``kernel/netlink.py``,
+no ``ip`` subprocess, no pyroute2 IPRoute): reads are dumps decoded by pyroute2's message
+classes, a restore sends one request per change, encoded by the same classes::
 
     struct ifinfomsg { u8 family; u16 type; s32 index; u32 flags; u32 change; }   RTM_*LINK
     struct ifaddrmsg { u8 family, prefixlen, flags, scope; u32 index; }          RTM_*ADDR
@@ -48,6 +48,7 @@ RTPROT_KERNEL, RTPROT_RA = 2, 9
 RTM_F_CLONED = 0x200
 RT_TABLE_LOCAL = 255
 KINDS = ("loopback", "veth", "bridge", "macvlan")
+MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8, "source": 16}
 # created by a loaded tunnel module in every new namespace: reconciled, never created
 FALLBACK = {"sit0", "tunl0", "ip6tnl0", "gre0", "gretap0", "erspan0", "ip6gre0",
             "ip6_vti0", "ip_vti0", "ip6gretap0"}
@@ -129,28 +130,33 @@ NET_NFT = record_kind(0x0416, "net_nftables", cs.Struct(
 
 # --- reading ----------------------------------------------------------------------------
 
-def _iproute():
+MESSAGES = ("ifinfmsg", "ifaddrmsg", "rtmsg", "fibmsg")
+
+
+def _msg(name: str):
+    """pyroute2's rtnetlink message class ``name`` (one of MESSAGES), imported without
+    pyroute2's package __init__ (lightimport)."""
     from lxc_cr.lightimport import submodule
-    return submodule("pyroute2", "iproute.linux").IPRoute
+    return getattr(submodule("pyroute2", f"netlink.rtnl.{name}"), name)
 
 
 def _rtnl_dump(msg: str, msg_type: int, family: int = 0) -> list:
     """The messages of one rtnetlink dump in the calling thread's net namespace
     (namespaces.run_in puts a thread there), decoded by pyroute2's class ``msg``."""
-    from lxc_cr.lightimport import submodule
-    return netlink.rtnl_dump(getattr(submodule("pyroute2", f"netlink.rtnl.{msg}"), msg),
-                             msg_type, family)
+    return netlink.rtnl_dump(_msg(msg), msg_type, family)
 
 
 def preload() -> None:
-    """Import pyroute2's IPRoute in a thread while this one waits for something else (a
-    manager starting the container: the import takes 70 ms of CPU, the wait none).  An
-    import that fails there is simply done again, and fails, where it is needed."""
+    """Import the message classes a restore reads and writes with in a thread while this
+    one waits for something else (a manager starting the container: the imports take about
+    15 ms of CPU, the wait none).  An import that fails there is simply done again, and
+    fails, where it is needed."""
     import threading
 
     def run():
         try:
-            _iproute()
+            for name in MESSAGES:
+                _msg(name)
         except Exception:             # noqa: BLE001 - see above
             pass
     threading.Thread(target=run, name="lxc-cr-preload", daemon=True).start()
@@ -174,8 +180,7 @@ def read_links() -> list[tuple[dict, dict]]:
         if kind == "macvlan" and info is not None:
             data = info.get_attr("IFLA_INFO_DATA")
             m = data.get_attr("IFLA_MACVLAN_MODE") if data else None
-            mode = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8, "source": 16}.get(
-                m, m if isinstance(m, int) else 0)
+            mode = MACVLAN_MODES.get(m, m if isinstance(m, int) else 0)
         link = dict(index=msg["index"], name=msg.get_attr("IFLA_IFNAME"), kind=kind,
                     flags=msg["flags"], mtu=msg.get_attr("IFLA_MTU") or 0,
                     address=msg.get_attr("IFLA_ADDRESS") or "")
@@ -412,34 +417,60 @@ def dump(ctx, root, run_in) -> None:
 
 
 # --- restore (in the target namespace: the restored init before takeover, or a helper) ----
+#
+# Each change is one rtnetlink request (netlink.rtnl_request): a pyroute2 message with its
+# fields and attributes set one by one from the record.  RTM_NEWLINK creates a device (with
+# NLM_F_CREATE | NLM_F_EXCL, as RTM_NEWADDR, RTM_NEWROUTE and RTM_NEWRULE) or changes it.
+
+_CREATE = netlink.NLM_F_CREATE | netlink.NLM_F_EXCL
+
 
 def restore(records) -> None:
     """Rebuild the recorded network state in the calling process's net namespace."""
-    IPRoute = _iproute()
     links = {ln.index: ln for ln in records.get("net_link", ())}
     confs = {c.index: c for c in records.get("net_link_conf", ())}
     sysctls = list(records.get("net_sysctl", ()))
     _write_sysctls([s for s in sysctls if _sysctl_order(s.key)[0] < 3])
-    with IPRoute() as ipr:
-        idx = _links(ipr, links, confs)
-        for a in records.get("net_addr", ()):
-            _add_addr(ipr, a, idx, links.get(a.index))
-        for index, ln in links.items():
-            want = ln.flags & IFF_UP
-            if want:
-                ipr.link("set", index=idx[index], state="up")
-        _write_sysctls([s for s in sysctls if _sysctl_order(s.key)[0] == 3])
-        _routes(ipr, list(records.get("net_route", ())), idx)
-        for r in records.get("net_rule", ()):
-            _add_rule(ipr, r)
+    idx = _links(links, confs)
+    for a in records.get("net_addr", ()):
+        _add_addr(a, idx, links.get(a.index))
+    for index, ln in links.items():
+        if ln.flags & IFF_UP:
+            _request(_ifinfmsg(idx[index], IFF_UP, IFF_UP), netlink.RTM_NEWLINK, 0,
+                     f"net device {ln.name}: set up")
+    _write_sysctls([s for s in sysctls if _sysctl_order(s.key)[0] == 3])
+    _routes(list(records.get("net_route", ())), idx)
+    for r in records.get("net_rule", ()):
+        _add_rule(r)
     for n in records.get("net_nftables", ()):
         load_nft(n.ruleset)
 
 
-def _links(ipr, links: dict, confs: dict) -> dict[int, int]:
+def _request(msg, msg_type: int, flags: int, what: str, exist_ok: bool = False):
+    """Send ``msg`` in the calling thread's namespace; returns the reply to a GET.  A
+    refusal raises RestoreFailed("WHAT: strerror"); with ``exist_ok``, EEXIST (the object
+    is already there) returns None."""
+    try:
+        return netlink.rtnl_request(msg, msg_type, flags, what)
+    except OSError as e:
+        if exist_ok and e.errno == errno.EEXIST:
+            return None
+        raise RestoreFailed(e.strerror) from None
+
+
+def _ifinfmsg(index: int, flags: int = 0, change: int = 0, attrs=()):
+    """struct ifinfomsg of device ``index``: set the IFF_* ``flags`` among ``change``."""
+    msg = _msg("ifinfmsg")()
+    msg["index"], msg["flags"], msg["change"] = index, flags, change
+    msg["attrs"] = list(attrs)
+    return msg
+
+
+def _links(links: dict, confs: dict) -> dict[int, int]:
     """Create or reconcile every device; returns recorded ifindex -> actual ifindex."""
     idx: dict[int, int] = {}
-    existing = {m.get_attr("IFLA_IFNAME"): m["index"] for m in ipr.get_links()}
+    existing = {m.get_attr("IFLA_IFNAME"): m["index"]
+                for m in _rtnl_dump("ifinfmsg", netlink.RTM_GETLINK)}
     order = sorted(links.values(), key=lambda ln: (ln.kind == "macvlan", ln.index))
     for ln in order:
         conf = confs.get(ln.index)
@@ -454,52 +485,46 @@ def _links(ipr, links: dict, confs: dict) -> dict[int, int]:
                 raise RestoreFailed(f"net device {ln.name}: veth whose peer is outside the "
                                     "namespace, and no device of that name exists")
             peer = links[conf.peer]
-            _add_veth(ipr, ln, peer)
-            idx[ln.index], idx[peer.index] = ln.index, peer.index
+            _add_link(ln, "veth", data=[("VETH_INFO_PEER", {
+                "index": peer.index, "attrs": [("IFLA_IFNAME", peer.name)]})])
+            idx[peer.index] = peer.index
         elif kind == "bridge":
-            ipr.link("add", ifname=ln.name, kind="bridge", index=ln.index)
-            idx[ln.index] = ln.index
+            _add_link(ln, "bridge")
         elif kind == "macvlan":
             lower = idx.get(conf.peer) if conf else None
             if lower is None:
                 raise RestoreFailed(f"net device {ln.name}: macvlan lower device missing")
-            ipr.link("add", ifname=ln.name, kind="macvlan", index=ln.index, link=lower,
-                     macvlan_mode=_MACVLAN_MODES.get(conf.macvlan_mode, "vepa"))
-            idx[ln.index] = ln.index
+            mode = conf.macvlan_mode
+            if mode not in MACVLAN_MODES.values():
+                mode = MACVLAN_MODES["vepa"]         # the kernel's default
+            _add_link(ln, "macvlan", [("IFLA_LINK", lower)], [("IFLA_MACVLAN_MODE", mode)])
         else:
             raise RestoreFailed(f"net device {ln.name}: {kind} device: not supported")
+        idx[ln.index] = ln.index
     for ln in links.values():
-        reconcile(ipr, ln, confs.get(ln.index), idx)
+        reconcile(ln, confs.get(ln.index), idx)
     return idx
 
 
-_MACVLAN_MODES = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}
+def _add_link(ln, kind: str, attrs=(), data=()) -> None:
+    """A device of ``kind`` with the recorded name and ifindex; ``attrs`` on its ifinfomsg,
+    ``data`` its IFLA_INFO_DATA (a veth's peer: an ifinfomsg of its own, with the peer's
+    ifindex and name)."""
+    info = [("IFLA_INFO_KIND", kind)]
+    if data:
+        info.append(("IFLA_INFO_DATA", {"attrs": list(data)}))
+    msg = _ifinfmsg(ln.index, attrs=[("IFLA_IFNAME", ln.name), *attrs,
+                                     ("IFLA_LINKINFO", {"attrs": info})])
+    _request(msg, netlink.RTM_NEWLINK, _CREATE, f"net device {ln.name}: add {kind}")
 
 
-def _add_veth(ipr, ln, peer) -> None:
-    """A veth pair with both recorded ifindexes (the peer's ifinfomsg carries its index,
-    which ``IPRoute.link`` cannot set: the message is built with pyroute2's ifinfmsg)."""
-    from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
-    from pyroute2.netlink.rtnl import RTM_NEWLINK
-    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-    msg = ifinfmsg()
-    msg["index"] = ln.index
-    msg["attrs"] = [("IFLA_IFNAME", ln.name), ("IFLA_LINKINFO", {"attrs": [
-        ("IFLA_INFO_KIND", "veth"),
-        ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", {
-            "index": peer.index, "attrs": [("IFLA_IFNAME", peer.name)]})]})]})]
-    ipr.status["nlm_generator"] = False
-    ipr.nlm_request(msg, msg_type=RTM_NEWLINK,
-                    msg_flags=NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
-
-
-def reconcile(ipr, ln, conf, idx: dict[int, int]) -> None:
+def reconcile(ln, conf, idx: dict[int, int]) -> None:
     """Make the existing device ``idx[ln.index]`` match its record: MAC, MTU, txqlen, the
     settable IFF_* flags and its bridge master (not its up state: restore() brings devices
     up after their addresses).  Used for devices created above and for devices that were
     already there (loopback; a veth moved in by a container manager)."""
     index = idx[ln.index]
-    cur = ipr.link("get", index=index)[0]
+    cur = _request(_ifinfmsg(index), netlink.RTM_GETLINK, 0, f"net device {ln.name}: get")
     spec = {}
     if ln.address and ln.kind != "loopback" and cur.get_attr("IFLA_ADDRESS") != ln.address:
         spec["address"] = ln.address
@@ -517,10 +542,10 @@ def reconcile(ipr, ln, conf, idx: dict[int, int]) -> None:
         if cur.get_attr("IFLA_MASTER") != master:
             spec["master"] = master
     if spec:
-        try:
-            ipr.link("set", index=index, **spec)
-        except Exception as e:
-            raise RestoreFailed(f"net device {ln.name}: set {sorted(spec)}: {e}") from None
+        attrs = [(f"IFLA_{k.upper()}", v) for k, v in spec.items()   # IFLA_ADDRESS, ...
+                 if k not in ("flags", "change")]
+        _request(_ifinfmsg(index, spec.get("flags", 0), spec.get("change", 0), attrs),
+                 netlink.RTM_NEWLINK, 0, f"net device {ln.name}: set {sorted(spec)}")
 
 
 def kernel_made(a, link) -> bool:
@@ -545,50 +570,48 @@ def eui64_link_local(mac: str) -> bytes:
     return b"\xfe\x80" + b"\0" * 6 + bytes([b[0] ^ 2]) + b[1:3] + b"\xff\xfe" + b[3:]
 
 
-def _add_addr(ipr, a, idx, link=None) -> None:
+def _add_addr(a, idx, link=None) -> None:
+    """Add address ``a`` unless the kernel makes it.  Without IFA_LOCAL (IPv6 records) the
+    kernel takes IFA_ADDRESS as the local address."""
     if kernel_made(a, link):
         return
-    spec = dict(index=idx[a.index], family=a.family, address=a.address or a.local,
-                prefixlen=a.prefixlen, scope=a.scope)
-    if a.local:
-        spec["local"] = a.local
-    if a.broadcast:
-        spec["broadcast"] = a.broadcast
-    if a.label:
-        spec["label"] = a.label
+    msg = _msg("ifaddrmsg")()
+    msg["family"], msg["prefixlen"], msg["scope"] = a.family, a.prefixlen, a.scope
+    msg["index"] = idx[a.index]
     extra = a.flags & ~IFA_F_PERMANENT & 0xFFFF & ~0x40   # not IFA_F_TENTATIVE
-    if extra:
-        spec["flags"] = extra
-    try:
-        ipr.addr("add", **spec)
-    except Exception as e:
-        if getattr(e, "code", 0) != errno.EEXIST:
-            raise RestoreFailed(f"address {a.address}/{a.prefixlen} on device index "
-                                f"{a.index}: {e}") from None
+    msg["attrs"] = [(name, value) for name, value in (
+        ("IFA_ADDRESS", a.address or a.local), ("IFA_LOCAL", a.local),
+        ("IFA_BROADCAST", a.broadcast), ("IFA_LABEL", a.label), ("IFA_FLAGS", extra))
+        if value]
+    _request(msg, netlink.RTM_NEWADDR, _CREATE,
+             f"address {a.address}/{a.prefixlen} on device index {a.index}", exist_ok=True)
 
 
-def _route_spec(r, idx) -> dict:
-    spec = dict(family=r.family, table=r.table, dst_len=r.dst_len, src_len=r.src_len,
-                tos=r.tos, proto=r.proto, scope=r.scope, type=r.type)
-    if r.table < 256:
-        spec["table"] = r.table
-    for k in ("dst", "src", "gateway", "prefsrc"):
+def _route_msg(r, idx):
+    """The rtmsg adding route ``r``: its table in RTA_TABLE (the u8 field holds only ids
+    below 256; the kernel takes the attribute), devices by their restored ifindex."""
+    msg = _msg("rtmsg")()
+    for k in ("family", "dst_len", "src_len", "tos", "proto", "scope", "type"):
+        msg[k] = getattr(r, k)
+    msg["table"] = r.table if r.table < 256 else 0
+    attrs = [("RTA_TABLE", r.table)]
+    for k in ("dst", "src", "gateway", "prefsrc", "priority"):
         if getattr(r, k):
-            spec[k] = getattr(r, k)
+            attrs.append((f"RTA_{k.upper()}", getattr(r, k)))
     if r.oif:
-        spec["oif"] = idx.get(r.oif, r.oif)
-    if r.priority:
-        spec["priority"] = r.priority
+        attrs.append(("RTA_OIF", idx.get(r.oif, r.oif)))
     if r.metrics:
-        spec["metrics"] = {"attrs": [(m.name, m.value) for m in r.metrics]}
+        attrs.append(("RTA_METRICS", {"attrs": [(m.name, m.value) for m in r.metrics]}))
     if r.multipath:
-        spec["multipath"] = [dict(oif=idx.get(p.oif, p.oif), hops=p.hops, flags=p.flags,
-                                  **({"gateway": p.gateway} if p.gateway else {}))
-                             for p in r.multipath]
-    return spec
+        attrs.append(("RTA_MULTIPATH", [
+            {"oif": idx.get(p.oif, p.oif), "hops": p.hops, "flags": p.flags,
+             "attrs": [("RTA_GATEWAY", p.gateway)] if p.gateway else []}
+            for p in r.multipath]))
+    msg["attrs"] = attrs
+    return msg
 
 
-def _routes(ipr, routes, idx) -> None:
+def _routes(routes, idx) -> None:
     """Add the routes; a route whose gateway needs another route comes later: repeat until
     no progress."""
     todo = list(routes)
@@ -596,31 +619,30 @@ def _routes(ipr, routes, idx) -> None:
         failed = []
         for r in todo:
             try:
-                ipr.route("add", **_route_spec(r, idx))
-            except Exception as e:
-                if getattr(e, "code", 0) == errno.EEXIST:
-                    continue
+                _request(_route_msg(r, idx), netlink.RTM_NEWROUTE, _CREATE,
+                         f"route {r.dst or 'default'}/{r.dst_len} table {r.table}",
+                         exist_ok=True)
+            except RestoreFailed as e:
                 failed.append((r, e))
         if len(failed) == len(todo):
-            r, e = failed[0]
-            raise RestoreFailed(f"route {r.dst or 'default'}/{r.dst_len} table {r.table}: "
-                                f"{e}")
+            raise failed[0][1]
         todo = [r for r, _e in failed]
 
 
-def _add_rule(ipr, r) -> None:
-    spec = dict(family=r.family, priority=r.priority, table=r.table, action=r.action,
-                src_len=r.src_len, dst_len=r.dst_len, tos=r.tos, flags=r.flags)
+def _add_rule(r) -> None:
+    msg = _msg("fibmsg")()
+    for k in ("family", "src_len", "dst_len", "tos", "action", "flags"):
+        msg[k] = getattr(r, k)
+    msg["table"] = r.table if r.table < 256 else 0     # the kernel takes FRA_TABLE
+    attrs = [("FRA_PRIORITY", r.priority), ("FRA_TABLE", r.table)]
     for k in ("src", "dst", "iifname", "oifname", "fwmark", "fwmask", "goto"):
         if getattr(r, k):
-            spec[k] = getattr(r, k)
+            attrs.append((f"FRA_{k.upper()}", getattr(r, k)))
     if r.suppress_prefixlen != 0xFFFFFFFF:
-        spec["suppress_prefixlen"] = r.suppress_prefixlen
-    try:
-        ipr.rule("add", **spec)
-    except Exception as e:
-        if getattr(e, "code", 0) != errno.EEXIST:
-            raise RestoreFailed(f"rule priority {r.priority} table {r.table}: {e}") from None
+        attrs.append(("FRA_SUPPRESS_PREFIXLEN", r.suppress_prefixlen))
+    msg["attrs"] = attrs
+    _request(msg, netlink.RTM_NEWRULE, _CREATE,
+             f"rule priority {r.priority} table {r.table}", exist_ok=True)
 
 
 def _write_sysctls(items) -> None:
