@@ -120,8 +120,9 @@ def security_options(args, key_option: str = "key") -> dict:
     """``key=`` and ``max_privilege=`` for restore_tree/dump_tree from the command line:
     the key in the file named by ``args.<key_option>`` (``--encrypt``/``--key KEYFILE``)
     and the Limit of ``--max-privilege``."""
-    from lxc_cr.image.envelope import load_key
     path = getattr(args, key_option, None)
+    if path:
+        from lxc_cr.image.envelope import load_key   # construct: only when a key is given
     return {"key": load_key(path) if path else None,
             "max_privilege": limit_of(getattr(args, "max_privilege", None))}
 

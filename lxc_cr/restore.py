@@ -102,17 +102,20 @@ class RestoreCtx:
 
 
 def restore_tree(image: str, pidfile: str | None = None, takeover=None,
-                 key: bytes | None = None, max_privilege=None) -> dict:
+                 key: bytes | None = None, max_privilege=None, accept=None) -> dict:
     """Restore IMAGE.  ``takeover``: None to fork our own pid-namespace init (tree
     restore), or a callable returning the host pid of a manager's init already seized and
     stopped at its exec (LXC, libvirt), whose namespaces the manager has set up.
     ``key``: of an encrypted image.  ``max_privilege``: a privilege.Limit the recorded
-    credentials must not exceed.  Both, the checksums and the host's compatibility are
-    checked before any process is created."""
+    credentials must not exceed.  ``accept(header, image)``: raises to refuse an image by
+    its header (a manager's adapter: an image of its own kind).  All of these, the
+    checksums and the host's compatibility are checked before any process is created."""
     from lxc_cr import hostcompat, privilege
     from lxc_cr.image.reader import ImageReader
     t0 = time.monotonic()
     with ImageReader(image, key=key) as reader:
+        if accept is not None:
+            accept(reader.header, image)
         # every record (checksum, decoding), the index and every block's bounds now; a
         # block's contents are checked (crc32) as it is read, and a mismatch kills what
         # was created, like any failed restore.  The decoded values are what is restored:

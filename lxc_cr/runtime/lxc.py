@@ -24,13 +24,11 @@ pending; the reason goes to /var/log/lxc-cr/lxc-NAME.log.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import time
 
-from lxc_cr import pending
 from lxc_cr.errors import BadInput, OperationFailed, RestoreFailed, UnknownTarget
 
 IMAGE_NAME = "lxc-cr.img"
@@ -112,6 +110,7 @@ def _checkpoint(name, directory, stop, lxcpath, verbose, compress, key=None,
                                                            lxcpath=c.get_config_path(),
                                                            config=config))])
     _copy_config(config, directory)
+    from lxc_cr import pending
     if stop and key is None:     # an encrypted image needs its key: no resume on lxc-start
         pending.mark("lxc", name, directory, lxcpath)
     if stop:
@@ -147,7 +146,9 @@ def _restore(name, directory, lxcpath, verbose, key=None, max_privilege=None) ->
     c = container(name, lxcpath)
     if c.running:
         raise OperationFailed(f"{name}: container is running; stop it before restoring")
-    image = _lxc_image(directory, key)
+    image = os.path.join(directory, IMAGE_NAME)
+    if not os.path.exists(image):
+        raise UnknownTarget(f"{image}: no checkpoint image")
     os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
     path = socket_path(name)
     try:
@@ -157,35 +158,65 @@ def _restore(name, directory, lxcpath, verbose, key=None, max_privilege=None) ->
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(1)
-    starter = {}
+    # LXC starts the container while the image is being checked (50 ms of LXC's own work
+    # that the checks no longer wait for).  Nothing of the container runs meanwhile: its
+    # init waits in the start-host hook, before its exec, until we answer.  A refused
+    # image is answered "no" (_turn_away): the hook fails and LXC aborts the start.
+    starter = _start(c, name, lxcpath)
     seized = {}
 
     def takeover() -> int:
-        cmd = ["lxc-start", "-n", name, "-d"]
-        if not hook_registered(c):      # else LXC would run it twice
-            cmd += ["-s", f"lxc.hook.start-host={HOOK}"]
-        if lxcpath:
-            cmd[1:1] = ["-P", lxcpath]
-        starter["proc"] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        tracee = _accept_init(listener, starter["proc"], name)
+        seized["asked"] = True           # from here on, the hook is answered or dropped
+        tracee = _accept_init(listener, starter, name)
         seized["pid"] = tracee.tid
         return _wait_exec(tracee, name)
 
     try:
         stats = _rebuild(c, name, image, lxcpath, takeover, key=key,
-                         max_privilege=max_privilege, seized=seized)
+                         max_privilege=max_privilege, seized=seized, accept=_lxc_header,
+                         turn_away=lambda: _turn_away(listener, starter, name))
     finally:
         listener.close()
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
-        if "proc" in starter:
-            _reap_starter(starter["proc"])
+        _reap_starter(starter)
     if verbose:
         print(f"{name}: restored from {image}, init pid {c.init_pid}")
     return stats
+
+
+def _start(c, name: str, lxcpath: str | None):
+    """``lxc-start -d`` of the container, with our start-host hook unless its config
+    already has it (LXC would run it twice)."""
+    cmd = ["lxc-start", "-n", name, "-d"]
+    if not hook_registered(c):
+        cmd += ["-s", f"lxc.hook.start-host={HOOK}"]
+    if lxcpath:
+        cmd[1:1] = ["-P", lxcpath]
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def _turn_away(listener, starter, name: str) -> None:
+    """The restore failed before it seized the init: answer the start-host hook "no" (it
+    fails, and LXC aborts the start and kills the init before its exec) and wait for
+    lxc-start to give up.  Not answering is no way out: a hook that finds no restore
+    waiting resumes a pending image, or lets the container boot fresh."""
+    try:
+        conn = _accept_hook(listener, starter, name, timeout=30.0)
+    except RestoreFailed:
+        conn = None                      # lxc-start failed by itself, or never called us
+    if conn is not None:
+        with conn:
+            try:
+                conn.settimeout(10)
+                conn.recv(64)
+                conn.sendall(b"no\n")
+            except OSError:
+                pass
+    _reap_starter(starter)
 
 
 def _lxc_image(directory: str, key: bytes | None = None) -> str:
@@ -194,48 +225,47 @@ def _lxc_image(directory: str, key: bytes | None = None) -> str:
     if not os.path.exists(image):
         raise UnknownTarget(f"{image}: no checkpoint image")
     with ImageReader(image, key=key) as r:
-        if str(r.header.source_kind) != "lxc":
-            raise UnknownTarget(f"{image}: not an LXC checkpoint "
-                                f"(source {r.header.source_kind})")
+        _lxc_header(r.header, image)
     return image
 
 
+def _lxc_header(header, image: str) -> None:
+    if str(header.source_kind) != "lxc":
+        raise UnknownTarget(f"{image}: not an LXC checkpoint (source {header.source_kind})")
+
+
 def _rebuild(c, name: str, image: str, lxcpath: str | None, takeover, key=None,
-             max_privilege=None, seized: dict | None = None) -> dict:
+             max_privilege=None, seized: dict | None = None, accept=None,
+             turn_away=None) -> dict:
     """The one takeover path of both entry points: rebuild IMAGE into the init that
     ``takeover()`` returns (seized, stopped at the exit of its execve); on failure the
     container is stopped, so it is never left half-built.  Consumes the pending image.
     ``seized["pid"]``: the init once we trace it.  On failure it is killed and its exit
     collected by us first: a traced zombie is not reported to LXC's monitor until its
-    tracer has waited for it, and the monitor would wait for ever (and lxc-stop with it)."""
+    tracer has waited for it, and the monitor would wait for ever (and lxc-stop with it).
+    ``accept``: restore_tree's check of the image header.  ``turn_away``: how to abort a
+    start whose init was not seized yet (the hook waits for our answer)."""
     from lxc_cr.restore import restore_tree
     try:
-        stats = restore_tree(image, takeover=takeover, key=key, max_privilege=max_privilege)
+        stats = restore_tree(image, takeover=takeover, key=key, max_privilege=max_privilege,
+                             accept=accept)
     except BaseException:
         if seized and seized.get("pid"):
             _kill_traced(seized["pid"])
+        elif turn_away is not None and not (seized and seized.get("asked")):
+            turn_away()
         _stop_quiet(c)
         raise
     if not c.wait("RUNNING", 30):
         raise RestoreFailed(f"{name}: restored, but LXC does not report RUNNING")
+    from lxc_cr import pending
     pending.consume("lxc", name, lxcpath)
     return stats
 
 
 def _accept_init(listener, proc, name: str, timeout: float = 60.0):
     """Wait for the start-host hook and seize the init it names (returns the Tracee)."""
-    listener.settimeout(0.2)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            conn, _ = listener.accept()
-            break
-        except TimeoutError:
-            if proc.poll() is not None and proc.returncode != 0:
-                err = proc.stderr.read().decode(errors="replace").strip().splitlines()
-                raise RestoreFailed(f"{name}: lxc-start failed: {err[-1] if err else proc.returncode}")
-            if time.monotonic() > deadline:
-                raise RestoreFailed(f"{name}: the container's start-host hook never called")
+    conn = _accept_hook(listener, proc, name, timeout)
     with conn:
         conn.settimeout(10)
         msg = conn.recv(64).decode().strip()
@@ -246,6 +276,22 @@ def _accept_init(listener, proc, name: str, timeout: float = 60.0):
         tracee = _seize_init(pid)
         conn.sendall(b"ok\n")
     return tracee
+
+
+def _accept_hook(listener, proc, name: str, timeout: float):
+    """The start-host hook's connection, once LXC has run it."""
+    listener.settimeout(0.2)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn, _ = listener.accept()
+            return conn
+        except TimeoutError:
+            if proc.poll() is not None and proc.returncode != 0:
+                err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+                raise RestoreFailed(f"{name}: lxc-start failed: {err[-1] if err else proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RestoreFailed(f"{name}: the container's start-host hook never called")
 
 
 def _seize_init(pid: int):
@@ -284,6 +330,7 @@ def resume(name: str, init_pid: int, lxcpath: str | None = None,
     hook then lets LXC go on), or ``error: WHY`` (the hook fails the start; nothing was
     touched, the image stays pending).  After ``seized``, a failure stops the container
     and leaves the image pending."""
+    from lxc_cr import pending
     report = _Report(report_fd)
     try:
         why = _resume_refusal(name, lxcpath)
@@ -317,7 +364,7 @@ def resume(name: str, init_pid: int, lxcpath: str | None = None,
 
 def _resume_refusal(name: str, lxcpath: str | None) -> str | None:
     """Why a plain start should boot fresh (policy, stale record), or None to resume."""
-    from lxc_cr import policy
+    from lxc_cr import pending, policy
     try:
         settings = policy.load().lxc(name)
     except BadInput as e:
@@ -432,4 +479,5 @@ def has_image(directory: str) -> bool:
 
 
 def remove_image(directory: str) -> None:
+    import shutil
     shutil.rmtree(directory, ignore_errors=True)

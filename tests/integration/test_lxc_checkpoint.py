@@ -197,3 +197,56 @@ def test_second_operation_on_a_container_refused(lxc_container, tmp_path):
     assert ct.state() == "RUNNING"
     r = run(VENV_BIN / "lxc-cr", "lxc", "checkpoint", ct.name, tmp_path / "d", "-P", ct.lxcpath)
     assert r.returncode == 0, r.stderr
+
+
+def test_refused_image_leaves_the_container_stopped(lxc_container, tmp_path):
+    """LXC starts the container while the image is checked, its init held in the
+    start-host hook before its exec.  An image refused then (a corrupt record, an image of
+    another kind) is answered "no": LXC aborts the start, the container stays stopped and
+    does not boot fresh, and the image, once repaired, still restores."""
+    ct = counter_container(lxc_container, "refused")
+    d = tmp_path / "ckpt"
+    r = run(VENV_BIN / "lxc-checkpoint", "-n", ct.name, "-P", ct.lxcpath, "-D", d, "-s")
+    assert r.returncode == 0, r.stderr
+    at = counter(ct)
+    frozen = (rootfs(ct) / "tmp" / "counter").read_bytes()
+    image = d / "lxc-cr.img"
+    from lxc_cr.image.reader import ImageReader
+    with ImageReader(str(image)) as rd:
+        _tag, off, length = rd.index[len(rd.index) // 2]
+    offset = off + length // 2
+    original = image.read_bytes()
+    with open(image, "r+b") as f:
+        f.seek(offset)
+        f.write(bytes([original[offset] ^ 0xFF]))
+
+    # an image of another kind: a tree dump of a sleeping process
+    other = tmp_path / "other"
+    other.mkdir()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        r = run(VENV_BIN / "lxc-cr", "tree", "dump", sleeper.pid, other / "lxc-cr.img")
+        assert r.returncode == 0, r.stderr
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+    for where, why in ((d, "checksum"), (other, "not an LXC checkpoint")):
+        # not a speed bound: a hook left unanswered holds the start until its own 60 s
+        # timeout, and lxc-stop waits for it meanwhile
+        r = run(VENV_BIN / "lxc-checkpoint", "-n", ct.name, "-P", ct.lxcpath, "-D", where, "-r",
+                timeout=50)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith("lxc-cr: error:") and r.stderr.count("\n") == 1, r.stderr
+        assert why in r.stderr, r.stderr
+        assert re.search(r"State:\s+STOPPED", lxc_info(ct)), lxc_info(ct)
+        time.sleep(1)          # a fresh boot would run rcS, and its loop rewrite the counter
+        assert re.search(r"State:\s+STOPPED", lxc_info(ct)), "the container booted fresh"
+        assert (rootfs(ct) / "tmp" / "counter").read_bytes() == frozen
+
+    image.write_bytes(original)
+    r = run(VENV_BIN / "lxc-checkpoint", "-n", ct.name, "-P", ct.lxcpath, "-D", d, "-r")
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: counter(ct) > at, what="the counter to continue")
+    assert counter(ct) <= at + 50, "the counter restarted instead of continuing"
+    ct.stop()
