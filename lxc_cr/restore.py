@@ -130,7 +130,10 @@ def restore_tree(image: str, pidfile: str | None = None, takeover=None,
             privilege.check(ctx.records, max_privilege, image)
         progress.start("restore", sum(p.npages for p in ctx.records["pages"]) * PAGE)
         from lxc_cr.resources import memory
-        memory.start_reader()
+        if takeover is None:
+            # _start_init unshares our pid namespace, after which no thread can start; a
+            # takeover never does, and starts the thread only for a mapping worth it
+            memory.start_reader()
         try:
             init_pid, lives = _build(ctx, takeover)
             t_forked = ctx.t_forked
@@ -201,7 +204,9 @@ def _build(ctx: RestoreCtx, takeover=None):
     try:
         _setup_scratch(ctx, init, tasks)
         from lxc_cr.resources import signals
-        init_actions = signals.query(init.remote, ctx.scratch + 256)   # all inherit them
+        # all inherit them; a manager's init stops right after its execve
+        init_actions = signals.query(init.remote, ctx.scratch + 256) if takeover is None \
+            else signals.after_exec(ctx.proc.status(init_pid))
         ctx.shmem_fds = memory.prepare_shmem(ctx, init.remote, init_pid)
         files.prepare(ctx, init_pid)     # resource modules' prepare(ctx): inherited objects
         from lxc_cr.resources import ns_cgroup

@@ -59,8 +59,11 @@ def restore(ctx, rec, remote) -> None:
     gids, uids (keep-caps on), then the capability sets, then ambient caps."""
     buf = ctx.scratch + 256
     last = cap_last_cap()
+    # only what the thread still has (a container's manager dropped some for its init,
+    # and every process of the tree inherited that)
+    have = int(ctx.proc.status(remote.t.tid).get("CapBnd", "0"), 16)
     for cap in range(last + 1):
-        if not rec.cap_bnd & (1 << cap):
+        if not rec.cap_bnd & (1 << cap) and have & (1 << cap):
             remote.call("prctl", PR_CAPBSET_DROP, cap, 0, 0, 0)
     remote.call("prctl", PR_SET_SECUREBITS, rec.securebits | SECBIT_KEEP_CAPS, 0, 0, 0)
     groups = list(rec.groups)

@@ -83,6 +83,15 @@ def query(remote, buf: int, batched: bool = False) -> list[tuple[int, int, int, 
     return [_SA.unpack_from(raw, i) for i in range(0, 64 * _SA.size, _SA.size)]
 
 
+def after_exec(status: dict) -> list[tuple[int, int, int, int]]:
+    """The actions of a process stopped right after its execve, as query() would read
+    them, from its /proc/PID/status (``status``) instead of 64 injected calls: execve
+    resets every handled signal to SIG_DFL and every action's flags, mask and restorer to
+    0, and keeps SIG_IGN (flush_signal_handlers), so SigIgn tells them all."""
+    ign = int(status.get("SigIgn", "0"), 16)
+    return [(SIG_IGN if ign >> (sig - 1) & 1 else 0, 0, 0, 0) for sig in range(1, 65)]
+
+
 def dump(ctx, task, remote) -> None:
     actions = [dict(zip(("handler", "flags", "restorer", "mask"), a))
                for a in query(remote, ctx.scratch_for(task), batched=True)]

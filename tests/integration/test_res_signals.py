@@ -137,3 +137,54 @@ def test_dump_query_by_helper_thread_equals_64_calls(tree):
         tr.detach()
     c = state_int(st, "counter")
     wait_state(st, lambda s: int(s["counter"]) > c + 2, "running on after the query")
+
+
+def test_actions_right_after_exec_read_from_status():
+    """A manager's init is taken over right after its execve, and the restore reads its
+    actions from /proc/PID/status (signals.after_exec) instead of 64 injected calls: the
+    same table as the injected calls, for a process that had handlers (with flags and
+    masks) and ignored signals before its exec."""
+    from lxc_cr.kernel.procfs import Proc
+    from lxc_cr.kernel.ptrace import (O_TRACESYSGOOD, GuardedRemote, Tracee,
+                                      find_syscall_insn, trampoline)
+    from lxc_cr.resources import signals
+    ignored = (signal.SIGHUP, signal.SIGUSR2, signal.SIGRTMIN + 3)
+
+    def before_exec():
+        for sig in ignored:
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, lambda *_: None)     # a handler: reset by the exec
+        signal.signal(signal.SIGTERM, lambda *_: None)
+    p = subprocess.Popen(["sleep", "60"], preexec_fn=before_exec)
+    try:
+        pid = p.pid
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{pid}/exe").startswith(sys.executable) or \
+                "sleep" not in open(f"/proc/{pid}/comm").read():
+            assert time.monotonic() < deadline, "sleep never ran"
+            time.sleep(0.01)
+        tr = Tracee.seize(pid, O_TRACESYSGOOD)
+        tr.interrupt()
+        regs, mask = tr.getregs(), tr.get_sigmask()
+        mem = os.open(f"/proc/{pid}/mem", os.O_RDWR)
+        try:
+            vdso = [m for m in Proc().maps(pid) if m.path == "[vdso]"][0]
+            r = GuardedRemote(tr, find_syscall_insn(mem, vdso.start, vdso.end, pid), regs,
+                              mem, mask)
+            page = r.call("mmap", 0, 8192, 7, 0x22, -1, 0)
+            r.write(page + 4096, trampoline(regs, mask))
+            r.ip = page + 4096
+            asked = signals.query(r, page)
+            r.call("munmap", page, 8192)
+        finally:
+            os.close(mem)
+            tr.setregs(regs)
+            tr.set_sigmask(mask)
+            tr.detach()
+        assert signals.after_exec(Proc().status(pid)) == asked
+        assert {sig for sig in range(1, 65) if asked[sig - 1][0] == signals.SIG_IGN} >= \
+            set(ignored)
+        assert asked[signal.SIGUSR1 - 1] == (0, 0, 0, 0)
+    finally:
+        p.kill()
+        p.wait()
