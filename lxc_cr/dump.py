@@ -23,8 +23,8 @@ from lxc_cr import progress as progress_bar
 from lxc_cr.errors import OperationFailed, Refused, TaskGone, UnknownTarget
 from lxc_cr.kernel.procfs import Proc
 from lxc_cr.kernel.ptrace import (O_TRACESYSGOOD, TRAMPOLINE_SIZE, TRAMPOLINE_USED,
-                                  GuardedRemote, Remote, Tracee, find_syscall_insn, pread_mem,
-                                  reap, trampoline)
+                                  Colocation, GuardedRemote, Remote, Tracee,
+                                  find_syscall_insn, pread_mem, reap, trampoline)
 from lxc_cr.stats import DUMP_STATS, us
 
 PAGE = 4096
@@ -364,10 +364,13 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
     ctx.pipe_inode_count = pipe_count
     ctx.tcp_established = tcp_established
     killed = False
+    colo = Colocation()          # injected syscalls: the tree's threads on our CPU
     # before anything is frozen: what to undo if this process dies (intent.py)
     held = intent.begin(source_kind, source_name or str(root_pid), image, freezer)
     try:
         tasks = freeze(proc, tasks, freezer)
+        colo.pin(th.host_tid for t in tasks if not t.zombie for th in t.threads)
+        held.pinned(colo.saved)
         t_frozen = time.monotonic()
         faults.step("dump", "frozen")
         problems, ctx.pipe_inode_count = check_tree(proc, tasks, managed,
@@ -423,6 +426,8 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
             # parsers for the kinds written by the hundred)
             r.verify(blocks=False, canonical=False, own=True)
         faults.step("dump", "verified")
+        if leave_running:
+            colo.unpin()        # their own affinity, while the intent still names it
         held.end()              # the image is complete: a crash from here on loses nothing
         if not leave_running:
             tcp_established_mod.silence(ctx)    # repair mode: the kill sends no FIN/RST
@@ -439,6 +444,7 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
         raise
     finally:
         progress_bar.stop()
+        colo.unpin(tracees=not killed)          # their own affinity, before they run again
         if not killed:
             tcp_established_mod.resume(ctx)     # repair mode off before the tasks run again
             release(tasks)

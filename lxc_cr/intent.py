@@ -6,7 +6,8 @@ name, fsynced and renamed) to ``/run/lxc-cr/intent/KIND-NAME.PID.json``::
     {"owner_pid": 4242, "owner_start": 123456,       # /proc/PID/stat field 22 (starttime)
      "kind": "lxc", "name": "web", "freezer": "/sys/fs/cgroup/freezer/lxc.payload.web",
      "image": "/srv/ckpt/lxc-cr.img", "temp": "/srv/ckpt/.lxc-cr.img.tmp-4242",
-     "image_before": [ino, mtime_ns] | null, "created": 1764590000000000000}
+     "image_before": [ino, mtime_ns] | null, "created": 1764590000000000000,
+     "affinity": {"4300": [starttime, [0, 1]], ...}}   # added once the tree is frozen
 
 and removes it when the dump ends, on success and on every handled failure.  If the dumper
 dies instead (SIGKILL, OOM), the intent stays behind, naming what to undo:
@@ -14,9 +15,10 @@ dies instead (SIGKILL, OOM), the intent stays behind, naming what to undo:
 - a dump that freezes a cgroup starts a detached watchdog first (double fork, setsid, every
   fd closed but the read end of a pipe whose write end only the dumper holds).  At EOF it
   waits on a pidfd of the dumper, so the kernel has detached every traced thread before it
-  acts; if the intent is still there it thaws the cgroup, removes the temporary image (and
-  the image the dead dump renamed into place, see ``image_before``) and the intent, and
-  logs one line to syslog and /var/log/lxc-cr/recover.log;
+  acts; if the intent is still there it gives the threads the dump had pinned to its own
+  CPU their affinity back (``kernel.ptrace.Colocation``), thaws the cgroup, removes the
+  temporary image (and the image the dead dump renamed into place, see ``image_before``)
+  and the intent, and logs one line to syslog and /var/log/lxc-cr/recover.log;
 - ``lxc-cr recover`` does the same for every intent whose owner is dead (pid gone or its
   start time differs), and removes stale temporary images (``.NAME.tmp-PID`` of a dead PID)
   in the directories the intents name;
@@ -38,7 +40,7 @@ import select
 import sys
 import syslog
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from lxc_cr import atomicfile
 from lxc_cr.errors import OperationFailed
@@ -63,6 +65,10 @@ class Intent:
     temp: str
     image_before: list | None
     created: int
+    # threads the dump pinned to its own CPU (ptrace.Colocation) and what they had before:
+    # {tid: [start time, [cpu, ...]]}.  Their affinity does not return with their tracer's
+    # death, so whoever resolves the intent gives it back
+    affinity: dict = field(default_factory=dict)
     path: str = ""
 
     @property
@@ -118,8 +124,9 @@ def load(path: str) -> Intent | None:
     try:
         with open(path) as f:
             data = json.load(f)
-        return Intent(**{k: data[k] for k in Intent.__dataclass_fields__ if k != "path"},
-                      path=path)
+        return Intent(**{k: data[k] for k in Intent.__dataclass_fields__
+                         if k not in ("path", "affinity")},
+                      affinity=data.get("affinity") or {}, path=path)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError):
@@ -181,6 +188,9 @@ def resolve(rec: Intent, who: str) -> list[str]:
     intent.  Returns one line per action; logs one line for all of them (before the
     intent goes, so whoever sees the intent gone finds the log line)."""
     acts = []
+    given = _give_back(rec.affinity)      # before they run again
+    if given:
+        acts.append(f"gave {given} threads their CPU affinity back")
     if rec.freezer and freezer_state(rec.freezer) not in (None, "THAWED") and thaw(rec.freezer):
         acts.append(f"thawed {rec.freezer}")
     if rec.temp and _unlink(rec.temp):
@@ -277,12 +287,34 @@ def run(args) -> int:
 
 # --- the dumper's side --------------------------------------------------------------------
 
+def _give_back(affinity: dict) -> int:
+    """Set each recorded thread that still runs (same start time) to its recorded CPUs."""
+    n = 0
+    for tid, (start, cpus) in affinity.items():
+        try:
+            if start_time(int(tid)) == start:
+                os.sched_setaffinity(int(tid), cpus)
+                n += 1
+        except (OSError, ValueError):
+            continue
+    return n
+
+
 class Held:
     """An intent written by this process (and its watchdog, if any) until ``end()``."""
 
     def __init__(self, rec: Intent, watch_fd: int):
         self.rec = rec
         self.watch_fd = watch_fd
+
+    def pinned(self, saved: dict) -> None:
+        """The dump pinned these threads ({tid: their affinity before}): the intent
+        records them, so that a dead dumper's recovery gives it back."""
+        if not self.rec.path or not saved:
+            return
+        self.rec.affinity = {str(tid): [start, sorted(mask)] for tid, mask in saved.items()
+                             if (start := start_time(tid)) is not None}
+        write(self.rec)
 
     def end(self) -> None:
         if self.rec.path:
@@ -362,5 +394,6 @@ def _watchdog(rec: Intent, r: int) -> None:
         q = select.poll()
         q.register(pidfd, select.POLLIN)
         dead = bool(q.poll(120_000))
-    if load(rec.path) is not None and (dead or not owner_alive(rec)):
-        resolve(rec, "watchdog")
+    cur = load(rec.path)                  # as the dumper last wrote it (Held.pinned)
+    if cur is not None and (dead or not owner_alive(rec)):
+        resolve(cur if cur.owner_pid == rec.owner_pid else rec, "watchdog")

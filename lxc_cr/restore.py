@@ -28,8 +28,8 @@ from lxc_cr.errors import IncompatibleImage, RestoreFailed
 from lxc_cr.kernel import sys as ksys
 from lxc_cr.kernel.procfs import Proc
 from lxc_cr.kernel.ptrace import (ALL_SIGNALS, O_EXITKILL, O_TRACECLONE, O_TRACEFORK,
-                                  O_TRACESYSGOOD, O_TRACEVFORK, Remote, Tracee,
-                                  find_syscall_insn, reap)
+                                  O_TRACESYSGOOD, O_TRACEVFORK, Colocation, Remote,
+                                  Tracee, find_syscall_insn, reap)
 
 PAGE = 4096
 OPTIONS = O_TRACESYSGOOD | O_TRACEFORK | O_TRACEVFORK | O_TRACECLONE | O_EXITKILL
@@ -72,6 +72,7 @@ class RestoreCtx:
         self.init_remote = None
         self.fd_owner: dict[int, tuple[int, int]] = {}
         self.created: list[int] = []       # host pids, to kill if the restore fails
+        self.colo = Colocation()           # injected syscalls: the new tree on our CPU
         self.host_pids: dict[int, int] = {}      # tree pid -> host pid of restored processes
         self.pidns_target: dict[int, int] = {}   # pid -> its nested init (its own view)
         self.records: dict[str, list] = defaultdict(list)
@@ -147,6 +148,7 @@ def restore_tree(image: str, pidfile: str | None = None, takeover=None,
             raise
         finally:
             progress.stop()
+            ctx.colo.unpin()
     root = lives[0]
     if pidfile:
         tmp = f"{pidfile}.tmp"
@@ -200,6 +202,10 @@ def _build(ctx: RestoreCtx, takeover=None):
         namespaces.setup_existing(init_pid, ctx.records, ctx.reader, kinds)
         from lxc_cr.resources import ns_time
         ns_time.check_takeover(ctx.records, init_pid)
+    # every process is forked from the init (or from one forked from it) and inherits the
+    # pin; each gets the init's own affinity back before it runs
+    ctx.colo.pin([init_pid])
+    free = ctx.colo.saved.get(init_pid)
     lives: list[Live] = []
     try:
         _setup_scratch(ctx, init, tasks)
@@ -241,6 +247,8 @@ def _build(ctx: RestoreCtx, takeover=None):
         _end_helpers(ctx, helpers, by_pid)
         ctx.t_forked = time.monotonic()
         if root.pid != 1:
+            if free is not None:
+                ctx.colo.give([init_pid], free)
             _release_reaper(ctx, by_pid[0])
         for live in lives:
             if live.rec.state != "Z":
@@ -255,6 +263,8 @@ def _build(ctx: RestoreCtx, takeover=None):
         ns_cgroup.place(ctx, lives)      # each process into its recorded cgroups
         from lxc_cr.resources import tcp_established
         tcp_established.release(ctx)     # every end exists now: connections leave repair mode
+        if free is not None:
+            ctx.colo.give([tr.tid for live in lives for tr, _rm in live.threads.values()], free)
         _release(ctx, lives)
         return init_pid, lives
     finally:

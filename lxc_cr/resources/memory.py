@@ -193,11 +193,20 @@ def _reader_pool():
         from concurrent.futures import ThreadPoolExecutor
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lxc-cr-pages")
         try:
-            pool.submit(int).result()        # start the thread now
+            pool.submit(_unpinned).result()        # start the thread now
         except RuntimeError:
             return None
         _pool = pool
     return _pool
+
+
+def _unpinned() -> None:
+    """The reader runs beside the tracer, not on the CPU a Colocation pinned it to."""
+    from lxc_cr.kernel.ptrace import free_affinity
+    try:
+        os.sched_setaffinity(0, free_affinity())
+    except OSError:
+        pass
 
 
 def start_reader() -> None:

@@ -36,6 +36,7 @@ from treeutil import (
     dump_kill,
     harness_fixture,
     read_state,
+    tids,
     wait_changed,
     wait_state,
 )
@@ -108,8 +109,30 @@ def running_on(ct, timeout: float = 20.0) -> bool:
     return True
 
 
+def ct_affinities(ct) -> set[frozenset]:
+    """The CPU affinities of the threads in the container's freezer cgroup."""
+    d = Freezer(ct.init_pid()).dir
+    for name in ("tasks", "cgroup.threads"):          # v1, v2
+        try:
+            with open(os.path.join(d, name)) as f:
+                tids = [int(t) for t in f.read().split()]
+            break
+        except FileNotFoundError:
+            continue
+    else:
+        raise AssertionError(f"no thread list in {d}")
+    out = set()
+    for t in tids:
+        try:
+            out.add(frozenset(os.sched_getaffinity(t)))
+        except OSError:                                # gone meanwhile (a sleep)
+            continue
+    return out
+
+
 def test_sigkill_during_checkpoint_ten_moments(lxc_container, tmp_path):
     ct = counter_container(lxc_container, "kill")
+    all_cpus = os.sched_getaffinity(ct.init_pid())
     freezer = Freezer(ct.init_pid())
 
     # one traced live checkpoint: the step numbers and how long a dump lasts after "checked"
@@ -167,6 +190,9 @@ def test_sigkill_during_checkpoint_ten_moments(lxc_container, tmp_path):
             recovered += 1
         assert running_on(ct), f"the container does not run on after {where}"
         assert not target_intents(ct), where
+        # no thread stays pinned to the CPU the dump ran its threads on (ptrace.Colocation)
+        wait_for(lambda: ct_affinities(ct) == {frozenset(all_cpus)}, timeout=10,
+                 what=f"every thread's own CPU affinity after {where}")
         left = leftovers(d)
         if verified:
             assert not [n for n in left if n != IMG], f"{where}: {left}"
@@ -337,6 +363,7 @@ def test_tree_dump_killed_threads_run_on_and_recover_cleans(tree):
     memory = [i + 1 for i, name in enumerate(names) if name.startswith("memory ")]
     holds = [("frozen", names.index("frozen") + 1), ("prepared", names.index("prepared") + 1),
              ("memory", memory[-1]), ("written", names.index("written") + 1)]
+    affinity = {t: os.sched_getaffinity(t) for t in tids(wl.root)}
     for what, n_step in holds:
         img = d / f"{what}.img"
         t = d / f"trace-{what}"
@@ -364,6 +391,9 @@ def test_tree_dump_killed_threads_run_on_and_recover_cleans(tree):
         if temp.name in r.stdout:
             assert f"removed temporary image {temp}" in r.stdout, r.stdout
         assert f"removed intent {mine[0].path}" in r.stdout, r.stdout
+        # the dump had pinned every thread to its own CPU (ptrace.Colocation)
+        assert f"gave {len(affinity)} threads their CPU affinity back" in r.stdout, r.stdout
+        assert {t: os.sched_getaffinity(t) for t in tids(wl.root)} == affinity, what
         assert not temp.exists() and not os.path.exists(mine[0].path)
     last = read_state(st)
     dump_kill(tree, wl.root, d / "final.img")

@@ -7,11 +7,13 @@ value at the checkpoint: it pauses the counter, dumps, and lets the first copy r
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from treeutil import (assert_running_untraced, build, gone, harness_fixture, idents,
-                      read_state, reset_state, snapshot, state_int, tree_pids, wait_for,
-                      wait_state)
+                      read_state, reset_state, snapshot, state_int, tids, tree_pids,
+                      wait_for, wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -66,3 +68,40 @@ def test_leave_running_then_second_copy_continues_from_checkpoint(tree):
                    "the second copy to count on from the checkpoint")
     assert s["boot"] == boot
     assert_running_untraced(root)
+
+
+def _affinities(root: int) -> dict[int, set]:
+    return {t: os.sched_getaffinity(t) for p in tree_pids(root) for t in tids(p)}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_threads_get_their_affinity_back(tree):
+    """While syscalls are injected, the dump and the restore run the tree's threads on
+    lxc-cr's own CPU (ptrace.Colocation).  Afterwards every thread of a tree left running
+    has its own affinity back (one thread kept on one CPU, the others on all), and every
+    restored thread has the restorer's, as a process forked from it would."""
+    n = 3
+    binary = build("wl_threads")
+    d = tree.dir("affinity")
+    st = d / "state"
+
+    def ready():
+        s = read_state(st)
+        return all(int(s[f"tid{i}"]) > 0 and int(s[f"count{i}"]) >= 3 for i in range(n))
+    wl = tree.launch([binary, st, str(n)], ready=ready)
+    one = [t for t in tids(wl.root) if t != wl.root][0]          # a worker thread (host tid)
+    os.sched_setaffinity(one, {max(os.sched_getaffinity(0))})
+    before = _affinities(wl.root)
+    assert len(set(map(frozenset, before.values()))) == 2, before
+
+    res = tree.dump(wl.root, d / "img", "--leave-running")
+    assert res.out.strip() == "", res.describe()
+    assert _affinities(wl.root) == before
+    last = read_state(st)
+    wait_state(st, lambda s: int(s["main"]) > int(last["main"]), "the tree to run on")
+
+    tree.kill_workload(wl)
+    root = tree.restore(d / "img")
+    mine = os.sched_getaffinity(0)
+    after = _affinities(root)
+    assert len(after) == n + 1 and all(m == mine for m in after.values()), after

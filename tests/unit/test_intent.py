@@ -116,3 +116,42 @@ def test_live_owner_left_alone(dirs):
     assert os.path.exists(path)
     assert intent.recover_target("tree", str(me), out=None) == []
     os.unlink(path)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_recover_gives_pinned_threads_their_affinity_back(dirs):
+    """A dead dump leaves the threads it pinned (ptrace.Colocation) on one CPU; the intent
+    names their own affinity (Held.pinned), and resolving it gives it back, only to the
+    same processes (start time); an intent written before the field existed loads."""
+    cpus = sorted(os.sched_getaffinity(0))
+    p = subprocess.Popen(["sleep", "60"])
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        pid, start = dead_pid()
+        rec = record(dirs, pid, start, dirs / "img")
+        intent.write(rec)
+        held = intent.Held(rec, -1)
+        held.pinned({p.pid: set(cpus), other.pid: set(cpus)})
+        on_disk = json.loads(open(rec.path).read())["affinity"]
+        assert on_disk[str(p.pid)] == [intent.start_time(p.pid), cpus]
+        on_disk[str(other.pid)][0] += 1                  # as if the pid were reused
+        data = json.loads(open(rec.path).read())
+        data["affinity"] = on_disk
+        open(rec.path, "w").write(json.dumps(data))
+        for q in (p, other):
+            os.sched_setaffinity(q.pid, {cpus[0]})
+        out = io.StringIO()
+        assert intent.recover(out) == 0
+        assert "gave 1 threads their CPU affinity back" in out.getvalue(), out.getvalue()
+        assert os.sched_getaffinity(p.pid) == set(cpus)
+        assert os.sched_getaffinity(other.pid) == {cpus[0]}
+
+        del data["affinity"]                            # an older lxc-cr's intent
+        path = intent.write(record(dirs, pid, start, dirs / "img2"))
+        data.update(image=str(dirs / "img2"))
+        open(path, "w").write(json.dumps(data))
+        assert intent.load(path).affinity == {}
+    finally:
+        for q in (p, other):
+            q.kill()
+            q.wait()
