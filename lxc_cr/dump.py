@@ -33,6 +33,8 @@ PROT_RWX, MAP_PRIVATE_ANON = 7, 0x22
 
 @dataclass
 class ThreadState:
+    """One thread of a task being dumped: its ids, creds, tracee and saved state."""
+
     host_tid: int
     tid: int = 0
     nstids: list = field(default_factory=list)
@@ -46,6 +48,8 @@ class ThreadState:
 
 @dataclass
 class TaskState:
+    """One process being dumped: what /proc told, its threads, maps, fds and scratch page."""
+
     host_pid: int
     stat: object = None
     state0: str = ""            # state before we stopped it

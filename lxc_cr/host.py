@@ -104,6 +104,8 @@ def log(kind: str, name: str, text: str, **fields) -> None:
 
 @dataclasses.dataclass
 class Target:
+    """One container or domain that ``host shutdown`` and ``host boot`` act on."""
+
     kind: str                       # "lxc" or "libvirt"
     name: str
     where: str                      # lxcpath, or libvirt URI

@@ -56,6 +56,8 @@ KNOWN_IMAGE_DIRS = ("/var/lib/lxc-cr/libvirt",)
 
 @dataclass
 class Intent:
+    """An intent record: what a dump in progress would leave to undo."""
+
     owner_pid: int
     owner_start: int
     kind: str

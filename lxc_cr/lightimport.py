@@ -1,4 +1,5 @@
-"""Import one submodule of a package without running the package's ``__init__`` first.
+"""Import one submodule of a package without running the package's ``__init__`` first;
+defer a module that a dependency imports but lxc-cr never uses.
 
 Two dependencies make every CLI start pay for what it does not use: pyroute2's
 ``__init__`` imports every protocol the library speaks (NDB, IPDB, conntrack, nl80211, ...:
@@ -11,6 +12,12 @@ usual).
 The package's ``__init__`` still runs, into the same module object, the first time an
 attribute it defines is asked for: ``from pyroute2 import IPRoute`` elsewhere (a test, a
 plugin) keeps working, it only pays the full import then.
+
+``deferred("pdb")``: construct's package imports its ``debug`` module, which imports pdb
+and inspect (and with them bdb, dis, ast, tokenize, code, typing, ...: 5-10 ms) for a
+Debugger construct that lxc-cr never uses; dataclasses imports inspect for the
+signature it writes as the docstring of a class that has none.  The module is put in ``sys.modules`` unexecuted, and executed (into the
+same module object) the first time one of its attributes is asked for.
 """
 
 from __future__ import annotations
@@ -50,3 +57,26 @@ def _stub(package: str) -> None:
 
         pkg.__getattr__ = complete
         sys.modules[package] = pkg
+
+
+def deferred(name: str) -> None:
+    """Make ``import NAME`` bind a module that executes on the first access to an
+    attribute it defines (nothing, if it is imported already or cannot be found).
+    importlib's LazyLoader would not do: the import statement itself reads the module's
+    ``__spec__``, which makes a LazyLoader module execute at once."""
+    with _lock:
+        if name in sys.modules:
+            return
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return
+        module = importlib.util.module_from_spec(spec)
+
+        def complete(attr: str):
+            # PEP 562: only for an attribute the module does not have yet
+            vars(module).pop("__getattr__", None)
+            spec.loader.exec_module(module)
+            return getattr(module, attr)
+
+        module.__getattr__ = complete
+        sys.modules[name] = module

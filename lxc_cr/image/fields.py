@@ -23,6 +23,8 @@ import construct as cs
 
 @dataclass(frozen=True)
 class Node:
+    """One node of the model of a construct declaration (see the module docstring)."""
+
     kind: str                      # int varint flag enum str bytes list struct const
     size: int | None = None        # fixed byte size of int/flag/enum base/str/bytes, list count
     signed: bool = False           # int

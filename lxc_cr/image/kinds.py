@@ -24,6 +24,8 @@ import construct as cs
 
 @dataclass(frozen=True)
 class RecordKind:
+    """A record tag with its name and construct declaration."""
+
     tag: int
     name: str
     struct: cs.Construct

@@ -26,6 +26,8 @@ PF_EXITING = 0x00000004  # Stat.flags: in do_exit(), not yet a zombie (include/l
 
 @dataclass(frozen=True)
 class Stat:
+    """The fields of /proc/PID/stat that lxc-cr uses."""
+
     pid: int
     comm: str
     state: str
@@ -104,6 +106,8 @@ def parse_status(data: bytes) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Creds:
+    """Ids, groups, capabilities and namespace ids from /proc/PID/status."""
+
     uids: tuple[int, int, int, int]   # real, effective, saved, fs
     gids: tuple[int, int, int, int]
     groups: tuple[int, ...]
@@ -154,6 +158,8 @@ def parse_creds(status: dict[str, str]) -> Creds:
 
 @dataclass(frozen=True)
 class MapEntry:
+    """One line of /proc/PID/maps."""
+
     start: int
     end: int
     perms: str          # "rw-p"
@@ -226,6 +232,8 @@ def parse_smaps_vmflags(data: bytes) -> dict[int, tuple[str, ...]]:
 
 @dataclass(frozen=True)
 class Limit:
+    """One row of /proc/PID/limits."""
+
     resource: int       # RLIMIT_*
     name: str           # the row name, "Max open files"
     soft: int           # UNLIMITED for "unlimited"
@@ -281,6 +289,8 @@ def parse_auxv(data: bytes) -> list[int]:
 
 @dataclass(frozen=True)
 class FdInfo:
+    """/proc/PID/fdinfo/N: the common fields, the kind-specific lines in ``extra``."""
+
     pos: int
     flags: int          # O_* flags (octal in the file)
     mnt_id: int
@@ -343,6 +353,8 @@ def fdinfo_fields(line: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class InotifyWatch:
+    """One ``inotify`` line of an inotify fd's fdinfo."""
+
     wd: int
     ino: int
     sdev: int           # the superblock's kernel dev_t: major << 20 | minor
@@ -381,6 +393,8 @@ def parse_inotify_watch(line: str) -> InotifyWatch:
 
 @dataclass(frozen=True)
 class MountInfo:
+    """One line of /proc/PID/mountinfo."""
+
     mount_id: int
     parent_id: int
     major: int

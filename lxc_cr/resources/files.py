@@ -69,6 +69,8 @@ SOCK_TYPES = {1: "stream", 2: "dgram", 3: "raw", 5: "seqpacket"}
 
 @dataclass
 class FdDesc:
+    """One open fd of a task: what /proc/PID/fd and fstat tell about it."""
+
     fd: int
     kind: str
     target: str

@@ -59,3 +59,30 @@ def test_missing_package():
     from lxc_cr.lightimport import submodule
     with pytest.raises(ModuleNotFoundError):
         submodule("lxccr_no_such_package", "x")
+
+
+def test_pdb_and_inspect_deferred_until_used():
+    """Importing lxc-cr's dump and restore paths executes neither pdb (construct's debug
+    module imports it) nor inspect (dataclasses too); both work whole once asked for."""
+    out = run("""
+import sys
+import lxc_cr.dump, lxc_cr.restore, lxc_cr.runtime.lxc, lxc_cr.image.reader
+ran = lambda m: m in sys.modules and "__getattr__" not in vars(sys.modules[m])
+print([m for m in ("pdb", "bdb", "inspect", "ast", "dis") if ran(m)])
+import pdb, inspect
+from inspect import signature
+print(pdb.Pdb.__name__, signature(lambda a, b=1: 0), ran("pdb"), ran("inspect"))
+""")
+    assert out.splitlines() == ["[]", "Pdb (a, b=1) True True"]
+
+
+def test_deferred_leaves_an_imported_module_alone():
+    out = run("""
+import sys, json
+from lxc_cr.lightimport import deferred
+before = sys.modules["json"]
+deferred("json")
+deferred("no_such_module_here")
+print(sys.modules["json"] is before, "no_such_module_here" in sys.modules)
+""")
+    assert out == "True False"
