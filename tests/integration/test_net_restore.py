@@ -27,6 +27,7 @@ from lxc_cr.kernel import netlink
 from lxc_cr.kernel import sys as ksys
 from lxc_cr.resources import ns_net, ns_records  # noqa: F401 - registers net_link
 from lxc_cr.resources.namespaces import run_in
+from treeutil import netns_process
 
 pytestmark = pytest.mark.integration
 
@@ -71,29 +72,15 @@ ip -6 rule add to fd00:300::/64 table 100 priority 1002
 """
 
 
-def _ns_process(cleanup_pids, tmp_path, script: str) -> int:
-    """A sleeping process in a net namespace of its own, set up by ``script``; its pid."""
-    ready = tmp_path / f"ready-{time.monotonic_ns()}"
-    p = subprocess.Popen(["unshare", "--net", "sh", "-ec", script + f"touch {ready}\n"
-                          "exec sleep 300"], stdin=subprocess.DEVNULL)
-    cleanup_pids.add(p)
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        assert p.poll() is None, "the namespace's setup failed"
-        assert time.monotonic() < deadline, "the namespace's setup did not finish"
-        time.sleep(0.02)
-    return p.pid
-
-
 @pytest.fixture
 def source(cleanup_pids, tmp_path):
-    return _ns_process(cleanup_pids, tmp_path, SETUP)
+    return netns_process(cleanup_pids, tmp_path, SETUP)
 
 
 @pytest.fixture
 def target(cleanup_pids, tmp_path):
     """An empty net namespace (loopback down, as the kernel makes it)."""
-    return _ns_process(cleanup_pids, tmp_path, "")
+    return netns_process(cleanup_pids, tmp_path, "")
 
 
 def _dumped(pid: int) -> list[tuple[str, dict]]:

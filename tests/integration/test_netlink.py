@@ -11,13 +11,13 @@ import os
 import socket
 import struct
 import subprocess
-import time
 
 import pytest
 
 from lxc_cr.kernel import netlink
 from lxc_cr.resources import ns_net, unix_sockets
 from lxc_cr.resources.namespaces import run_in
+from treeutil import netns_process
 
 pytestmark = pytest.mark.integration
 
@@ -46,16 +46,7 @@ ip -6 rule add to fd00:300::/64 table 100 priority 1002
 @pytest.fixture
 def netns(cleanup_pids, tmp_path):
     """A sleeping process in a configured net namespace of its own; its pid."""
-    ready = tmp_path / "ready"
-    p = subprocess.Popen(["unshare", "--net", "sh", "-ec", SETUP + f"touch {ready}\n"
-                          "exec sleep 300"], stdin=subprocess.DEVNULL)
-    cleanup_pids.add(p)
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        assert p.poll() is None, "the namespace's setup failed"
-        assert time.monotonic() < deadline, "the namespace's setup did not finish"
-        time.sleep(0.02)
-    return p.pid
+    return netns_process(cleanup_pids, tmp_path, SETUP)
 
 
 def _via_iproute(msg: str, msg_type: int, family: int = 0) -> list:

@@ -5,6 +5,7 @@ signals queued meanwhile."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -91,20 +92,14 @@ def wait_pending(ctx, pid, want):
         time.sleep(0.01)
 
 
-def test_dump_query_by_helper_thread_equals_64_calls(tree):
-    """The dump reads all 64 actions with one injected clone() whose thread runs the
-    query loop (signals._QUERY_LOOP): same table as 64 injected rt_sigaction calls, the
-    thread is gone afterwards (reaped), and the process runs on once released."""
+@contextlib.contextmanager
+def injecting(pid: int):
+    """(GuardedRemote, page) on pid, seized and interrupted, with an rwx page pair mapped
+    in it (the trampoline in the second page); afterwards unmapped, the registers and the
+    signal mask put back and the process detached."""
     from lxc_cr.kernel.procfs import Proc
     from lxc_cr.kernel.ptrace import (O_TRACESYSGOOD, GuardedRemote, Tracee,
-                                      find_syscall_insn, thread_code, trampoline)
-    from lxc_cr.resources import signals
-    binary = build("res_signals")
-    d = tree.dir("query")
-    st = d / "state"
-    wl = tree.launch([binary, st], ready=lambda: state_int(st, "counter") >= 3)
-    pid = wl.root
-    threads = sorted(os.listdir(f"/proc/{pid}/task"))
+                                      find_syscall_insn, trampoline)
     tr = Tracee.seize(pid, O_TRACESYSGOOD)
     tr.interrupt()
     regs, mask = tr.getregs(), tr.get_sigmask()
@@ -116,6 +111,28 @@ def test_dump_query_by_helper_thread_equals_64_calls(tree):
         page = r.call("mmap", 0, 8192, 7, 0x22, -1, 0)
         r.write(page + 4096, trampoline(regs, mask))
         r.ip = page + 4096
+        yield r, page
+        r.call("munmap", page, 8192)
+    finally:
+        os.close(mem)
+        tr.setregs(regs)
+        tr.set_sigmask(mask)
+        tr.detach()
+
+
+def test_dump_query_by_helper_thread_equals_64_calls(tree):
+    """The dump reads all 64 actions with one injected clone() whose thread runs the
+    query loop (signals._QUERY_LOOP): same table as 64 injected rt_sigaction calls, the
+    thread is gone afterwards (reaped), and the process runs on once released."""
+    from lxc_cr.kernel.ptrace import thread_code
+    from lxc_cr.resources import signals
+    binary = build("res_signals")
+    d = tree.dir("query")
+    st = d / "state"
+    wl = tree.launch([binary, st], ready=lambda: state_int(st, "counter") >= 3)
+    pid = wl.root
+    threads = sorted(os.listdir(f"/proc/{pid}/task"))
+    with injecting(pid) as (r, page):
         one_by_one = signals.query(r, page)
         assert len(set(one_by_one)) > 3               # handlers, ignored, default ones
         r.write(page, bytes(4096))
@@ -129,12 +146,6 @@ def test_dump_query_by_helper_thread_equals_64_calls(tree):
         r.write(at, thread_code(at, r.ip + 2, bytes.fromhex("bf07000000b83c0000000f05")))
         assert r.in_new_thread(at, 0) == 7                # mov edi, 7; exit(edi)
         assert sorted(os.listdir(f"/proc/{pid}/task")) == threads
-        r.call("munmap", page, 8192)
-    finally:
-        os.close(mem)
-        tr.setregs(regs)
-        tr.set_sigmask(mask)
-        tr.detach()
     c = state_int(st, "counter")
     wait_state(st, lambda s: int(s["counter"]) > c + 2, "running on after the query")
 
@@ -145,8 +156,6 @@ def test_actions_right_after_exec_read_from_status():
     same table as the injected calls, for a process that had handlers (with flags and
     masks) and ignored signals before its exec."""
     from lxc_cr.kernel.procfs import Proc
-    from lxc_cr.kernel.ptrace import (O_TRACESYSGOOD, GuardedRemote, Tracee,
-                                      find_syscall_insn, trampoline)
     from lxc_cr.resources import signals
     ignored = (signal.SIGHUP, signal.SIGUSR2, signal.SIGRTMIN + 3)
 
@@ -163,24 +172,8 @@ def test_actions_right_after_exec_read_from_status():
                 "sleep" not in open(f"/proc/{pid}/comm").read():
             assert time.monotonic() < deadline, "sleep never ran"
             time.sleep(0.01)
-        tr = Tracee.seize(pid, O_TRACESYSGOOD)
-        tr.interrupt()
-        regs, mask = tr.getregs(), tr.get_sigmask()
-        mem = os.open(f"/proc/{pid}/mem", os.O_RDWR)
-        try:
-            vdso = [m for m in Proc().maps(pid) if m.path == "[vdso]"][0]
-            r = GuardedRemote(tr, find_syscall_insn(mem, vdso.start, vdso.end, pid), regs,
-                              mem, mask)
-            page = r.call("mmap", 0, 8192, 7, 0x22, -1, 0)
-            r.write(page + 4096, trampoline(regs, mask))
-            r.ip = page + 4096
+        with injecting(pid) as (r, page):
             asked = signals.query(r, page)
-            r.call("munmap", page, 8192)
-        finally:
-            os.close(mem)
-            tr.setregs(regs)
-            tr.set_sigmask(mask)
-            tr.detach()
         assert signals.after_exec(Proc().status(pid)) == asked
         assert {sig for sig in range(1, 65) if asked[sig - 1][0] == signals.SIG_IGN} >= \
             set(ignored)

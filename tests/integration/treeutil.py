@@ -197,6 +197,21 @@ def gone(pid: int) -> bool:
     return not proc_exists(pid)
 
 
+def netns_process(cleanup_pids, tmp_path, script: str) -> int:
+    """A sleeping process in a net namespace of its own (``unshare --net``), set up by the
+    shell ``script`` first; its pid (``cleanup_pids`` kills it after the test)."""
+    ready = tmp_path / f"ready-{time.monotonic_ns()}"
+    p = subprocess.Popen(["unshare", "--net", "sh", "-ec", script + f"touch {ready}\n"
+                          "exec sleep 300"], stdin=subprocess.DEVNULL)
+    cleanup_pids.add(p)
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        assert p.poll() is None, "the namespace's setup failed"
+        assert time.monotonic() < deadline, "the namespace's setup did not finish"
+        time.sleep(0.02)
+    return p.pid
+
+
 def tids(pid: int) -> list[int]:
     try:
         return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
