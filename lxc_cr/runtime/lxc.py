@@ -158,30 +158,37 @@ def _restore(name, directory, lxcpath, verbose, key=None, max_privilege=None) ->
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(1)
-    # LXC starts the container while the image is being checked (50 ms of LXC's own work
-    # that the checks no longer wait for).  Nothing of the container runs meanwhile: its
-    # init waits in the start-host hook, before its exec, until we answer.  A refused
-    # image is answered "no" (_turn_away): the hook fails and LXC aborts the start.
-    starter = _start(c, name, lxcpath)
+    starter = {}
     seized = {}
 
     def takeover() -> int:
         seized["asked"] = True           # from here on, the hook is answered or dropped
-        tracee = _accept_init(listener, starter, name)
+        if "proc" not in starter:
+            starter["proc"] = _start(c, name, lxcpath)
+        tracee = _accept_init(listener, starter["proc"], name)
         seized["pid"] = tracee.tid
         return _wait_exec(tracee, name)
 
     try:
+        # LXC starts the container while the image is being checked (50 ms of LXC's own
+        # work that the checks no longer wait for).  Nothing of the container runs
+        # meanwhile: its init waits in the start-host hook, before its exec, until we
+        # answer, and a refused image is answered "no" (_turn_away): the hook fails and
+        # LXC aborts the start.  Not for an encrypted image: authenticating all of it
+        # first may take longer than the hook waits.
+        if key is None:
+            starter["proc"] = _start(c, name, lxcpath)
         stats = _rebuild(c, name, image, lxcpath, takeover, key=key,
                          max_privilege=max_privilege, seized=seized, accept=_lxc_header,
-                         turn_away=lambda: _turn_away(listener, starter, name))
+                         turn_away=lambda: _turn_away(listener, starter.get("proc"), name))
     finally:
         listener.close()
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
-        _reap_starter(starter)
+        if "proc" in starter:
+            _reap_starter(starter["proc"])
     if verbose:
         print(f"{name}: restored from {image}, init pid {c.init_pid}")
     return stats
@@ -204,6 +211,8 @@ def _turn_away(listener, starter, name: str) -> None:
     fails, and LXC aborts the start and kills the init before its exec) and wait for
     lxc-start to give up.  Not answering is no way out: a hook that finds no restore
     waiting resumes a pending image, or lets the container boot fresh."""
+    if starter is None:
+        return                           # not started
     try:
         conn = _accept_hook(listener, starter, name, timeout=30.0)
     except RestoreFailed:
