@@ -15,9 +15,10 @@ plugin) keeps working, it only pays the full import then.
 
 ``deferred("pdb")``: construct's package imports its ``debug`` module, which imports pdb
 and inspect (and with them bdb, dis, ast, tokenize, code, typing, ...: 5-10 ms) for a
-Debugger construct that lxc-cr never uses; dataclasses imports inspect for the
-signature it writes as the docstring of a class that has none.  The module is put in ``sys.modules`` unexecuted, and executed (into the
-same module object) the first time one of its attributes is asked for.
+Debugger construct that lxc-cr never uses; dataclasses imports inspect for the signature
+it writes as the docstring of a class that has none.  The module is put in
+``sys.modules`` unexecuted, and executed (into the same module object) the first time one
+of its attributes is asked for.
 """
 
 from __future__ import annotations
