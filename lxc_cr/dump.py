@@ -272,6 +272,9 @@ def freeze(proc: Proc, tasks: list[TaskState], freezer=None) -> list[TaskState]:
                 continue
             try:
                 refresh(proc, t)
+                if t.zombie:                  # exited since it was found: recorded as such
+                    new += 1
+                    continue
                 for th in t.threads:
                     if th.tracee is None:
                         th.tracee = Tracee.seize(th.host_tid, O_TRACESYSGOOD, pid=t.host_pid)

@@ -492,8 +492,9 @@ def _make_zombie(ctx, live: Live) -> None:
     remote.call("prctl", 15, ctx.scratch + 256, 0, 0, 0)          # PR_SET_NAME
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        remote.write(ctx.scratch + 256, struct.pack("<QQQQ", 0, 0x04000000, 0, 0))
-        remote.call("rt_sigaction", sig, ctx.scratch + 256, 0, 8)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):   # those are always SIG_DFL
+            remote.write(ctx.scratch + 256, struct.pack("<QQQQ", 0, 0x04000000, 0, 0))
+            remote.call("rt_sigaction", sig, ctx.scratch + 256, 0, 8)
         tracee.set_sigmask(0)
         remote.call("kill", live.rec.nspids[-1], sig, expect_exit=True)   # its own ns pid
     else:

@@ -131,7 +131,9 @@ class Tracee:
         try:
             ptrace(PTRACE_SEIZE, tid, 0, options, op="PTRACE_SEIZE")
         except KernelError as e:
-            if e.errno == 3:
+            # ESRCH: gone; EPERM for a task that has exited meanwhile (a zombie cannot be
+            # attached to), which the caller takes for one that went away too
+            if e.errno == 3 or e.errno == 1 and _exited(tid):
                 raise TaskGone(tid) from None
             raise
         return t
@@ -457,6 +459,15 @@ _free: list = [None]          # the tracer's affinity before a Colocation pinned
 def free_affinity() -> set:
     """The CPUs this process may use, whether or not a Colocation has pinned it."""
     return _free[0] or os.sched_getaffinity(0)
+
+
+def _exited(tid: int) -> bool:
+    """Is the thread a zombie, dead, or gone (/proc/TID/stat)?"""
+    try:
+        with open(f"/proc/{tid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
 
 
 def _current_cpu() -> int:

@@ -92,15 +92,18 @@ def dump(ctx, task, remote) -> None:
 
 
 def dump_zombie(ctx, task) -> None:
-    _add_task(ctx, task, personality=0, umask=0, dumpable=0, no_new_privs=0,
+    """A zombie now, whatever state it had when the dump found it: one that exited since
+    (a task already in do_exit() is not held by the freezer) is recorded as the zombie it
+    is, not as a process without memory."""
+    _add_task(ctx, task, state="Z", personality=0, umask=0, dumpable=0, no_new_privs=0,
               child_subreaper=0, pdeath_signal=0, cwd="", root="")
 
 
-def _add_task(ctx, task, **attrs) -> None:
+def _add_task(ctx, task, state: str = "", **attrs) -> None:
     st = task.stat
     ctx.writer.add(TASK, dict(pid=task.pid, ppid=task.ppid, pgid=task.pgid, sid=task.sid,
                               nspids=task.nspids, host_pid=task.host_pid, comm=st.comm,
-                              state=task.state0 or st.state, exit_code=st.exit_code,
+                              state=state or task.state0 or st.state, exit_code=st.exit_code,
                               exit_signal=st.exit_signal, **attrs))
 
 

@@ -8,11 +8,16 @@ wl_tree (see tests/workloads/wl_tree.c):
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
+
 import pytest
 
-from treeutil import (assert_continued, assert_running_untraced, build, dump_kill,
-                      harness_fixture, idents, ids, read_state, snapshot, wait_changed, wait_for,
-                      wait_state)
+from treeutil import (LXC_CR, PYTHON3, assert_continued, assert_running_untraced, build,
+                      children, dump_kill, harness_fixture, idents, ids, read_state, snapshot,
+                      wait_changed, wait_for, wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -139,3 +144,52 @@ def test_tree_50_dump_restore_cycles(tree):
     assert not other_changes, (
         f"comm or threads changed in {len(other_changes)} of 50 cycles, first in cycle "
         f"{other_changes[0][0]}:\nbefore {idents(snap0)}\nafter  {other_changes[0][1]}")
+
+
+PARENT = """
+import os, sys, time
+pid = os.fork()
+if pid == 0:
+    time.sleep(3600)
+    os._exit(0)
+i = 0
+while True:                          # never reaps its child
+    i += 1
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        f.write(f"counter={i}\\n")
+    os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+    time.sleep(0.05)
+"""
+
+
+def test_child_that_exits_while_the_dump_runs_is_recorded_as_a_zombie(tree):
+    """A task alive when the dump looked at the tree and a zombie when it was frozen (a
+    container's short ``sleep``: one already in do_exit() is not held by the freezer) is
+    recorded as a zombie, not with the state it had first and no memory: the image
+    restores, the zombie with it.  The dump is held after its check (fault step
+    ``checked``) while the child is killed."""
+    d = tree.dir("late-zombie")
+    st = d / "state"
+    script = d / "parent.py"
+    script.write_text(PARENT)
+    wl = tree.launch([PYTHON3, script, st], ready=lambda: st.exists())
+    child = wait_for(lambda: children(wl.root), "the child to be forked")[0]
+    trace = d / "trace"
+    env = dict(os.environ, LXC_CR_FAULT_TRACE=str(trace), LXC_CR_FAULT_HOLD="dump:1",
+               LXC_CR_FAULT_HOLD_SECONDS="2")
+    env.pop("LXC_CR_FAULT", None)
+    proc = subprocess.Popen([LXC_CR, "tree", "dump", str(wl.root), str(d / "img")], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: trace.exists() and trace.read_text().endswith(" checked\n"),
+             "the dump to hold after its check")
+    os.kill(child, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child never became a zombie"
+        time.sleep(0.01)
+    assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    root = tree.restore(d / "img")
+    snap = snapshot(root)
+    assert [t.state for t in snap.values()].count("Z") == 1, snap
+    assert len(snap) == 2, snap
