@@ -23,7 +23,7 @@ from lxc_cr import progress as progress_bar
 from lxc_cr.errors import OperationFailed, Refused, TaskGone, UnknownTarget
 from lxc_cr.kernel.procfs import Proc
 from lxc_cr.kernel.ptrace import (O_TRACESYSGOOD, TRAMPOLINE_SIZE, TRAMPOLINE_USED,
-                                  Colocation, GuardedRemote, Remote, Tracee,
+                                  Colocation, GuardedRemote, Remote, Tracee, affinities,
                                   find_syscall_insn, pread_mem, reap, trampoline)
 from lxc_cr.stats import DUMP_STATS, us
 
@@ -376,8 +376,9 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
     held = intent.begin(source_kind, source_name or str(root_pid), image, freezer)
     try:
         tasks = freeze(proc, tasks, freezer)
-        colo.pin(th.host_tid for t in tasks if not t.zombie for th in t.threads)
-        held.pinned(colo.saved)
+        tids = [th.host_tid for t in tasks if not t.zombie for th in t.threads]
+        held.pinned(affinities(tids))    # first: a crash from here on gives them back
+        colo.pin(tids)
         t_frozen = time.monotonic()
         faults.step("dump", "frozen")
         problems, ctx.pipe_inode_count = check_tree(proc, tasks, managed,

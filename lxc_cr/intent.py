@@ -310,8 +310,8 @@ class Held:
         self.watch_fd = watch_fd
 
     def pinned(self, saved: dict) -> None:
-        """The dump pinned these threads ({tid: their affinity before}): the intent
-        records them, so that a dead dumper's recovery gives it back."""
+        """The dump is about to pin these threads ({tid: their affinity now}): the intent
+        records them first, so that a dead dumper's recovery gives it back."""
         if not self.rec.path or not saved:
             return
         self.rec.affinity = {str(tid): [start, sorted(mask)] for tid, mask in saved.items()

@@ -456,6 +456,17 @@ class Colocation:
 _free: list = [None]          # the tracer's affinity before a Colocation pinned it
 
 
+def affinities(tids) -> dict[int, set]:
+    """{tid: its CPU affinity} of those threads that are still there."""
+    out = {}
+    for tid in tids:
+        try:
+            out[tid] = os.sched_getaffinity(tid)
+        except OSError:
+            continue
+    return out
+
+
 def free_affinity() -> set:
     """The CPUs this process may use, whether or not a Colocation has pinned it."""
     return _free[0] or os.sched_getaffinity(0)
