@@ -141,8 +141,11 @@ UNIX_DGRAM_QUEUE = record_kind(0x0343, "unix_dgram_queue", cs.Struct(
 # --- inspecting a live socket ---------------------------------------------------------------
 
 def _name(raw) -> str:
+    """A socket address as text: "@name" for an abstract one, the path otherwise (as
+    getsockname gives it, a str, or as sock_diag does, NUL-padded bytes)."""
     if isinstance(raw, bytes):
-        return "@" + raw[1:].decode(errors="replace") if raw[:1] == b"\0" else raw.decode()
+        return "@" + raw[1:].decode(errors="replace") if raw[:1] == b"\0" else \
+            raw.rstrip(b"\0").decode(errors="replace")
     return raw or ""
 
 
@@ -184,7 +187,6 @@ def _diag_entry(msg: bytes, a: dict[int, bytes]) -> tuple[int, dict]:
     """(inode, entry) of one reply: ``struct unix_diag_msg`` after the netlink header, then
     its attributes ``a``."""
     _fam, typ, state, _pad, ino = struct.unpack_from("=BBBBI", msg, 16)
-    name = a.get(UNIX_DIAG_NAME, b"")
     vfs = a.get(UNIX_DIAG_VFS)
     if vfs is not None:
         vino, vdev = struct.unpack_from("=II", vfs)
@@ -192,8 +194,7 @@ def _diag_entry(msg: bytes, a: dict[int, bytes]) -> tuple[int, dict]:
     icons = a.get(UNIX_DIAG_ICONS, b"")
     return ino, dict(
         type=typ, state=state, vfs=vfs,
-        name=("@" + name[1:].decode(errors="replace") if name[:1] == b"\0"
-              else name.rstrip(b"\0").decode(errors="replace")),
+        name=_name(a.get(UNIX_DIAG_NAME, b"")),
         peer=_u(a.get(UNIX_DIAG_PEER), "=I"),
         icons=[i for (i,) in struct.iter_unpack("=I", icons[:len(icons) // 4 * 4])],
         shutdown=_u(a.get(UNIX_DIAG_SHUTDOWN), "=B"))

@@ -146,9 +146,7 @@ def _restore(name, directory, lxcpath, verbose, key=None, max_privilege=None) ->
     c = container(name, lxcpath)
     if c.running:
         raise OperationFailed(f"{name}: container is running; stop it before restoring")
-    image = os.path.join(directory, IMAGE_NAME)
-    if not os.path.exists(image):
-        raise UnknownTarget(f"{image}: no checkpoint image")
+    image = _image_path(directory)
     os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
     path = socket_path(name)
     try:
@@ -228,11 +226,16 @@ def _turn_away(listener, starter, name: str) -> None:
     _reap_starter(starter)
 
 
-def _lxc_image(directory: str, key: bytes | None = None) -> str:
-    from lxc_cr.image.reader import ImageReader
+def _image_path(directory: str) -> str:
     image = os.path.join(directory, IMAGE_NAME)
     if not os.path.exists(image):
         raise UnknownTarget(f"{image}: no checkpoint image")
+    return image
+
+
+def _lxc_image(directory: str, key: bytes | None = None) -> str:
+    from lxc_cr.image.reader import ImageReader
+    image = _image_path(directory)
     with ImageReader(image, key=key) as r:
         _lxc_header(r.header, image)
     return image

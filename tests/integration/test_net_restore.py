@@ -27,48 +27,33 @@ from lxc_cr.kernel import netlink
 from lxc_cr.kernel import sys as ksys
 from lxc_cr.resources import ns_net, ns_records  # noqa: F401 - registers net_link
 from lxc_cr.resources.namespaces import run_in
+import test_netlink
 from treeutil import netns_process
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 
-SETUP = """
-ip link set lo up
-ip link add ve0 type veth peer name ve1
-ip link add br0 type bridge
-ip link set ve1 master br0
-ip link add mv0 link ve0 type macvlan mode bridge
-ip link set ve0 address 02:00:00:c0:00:01 mtu 1400 txqueuelen 500
+# test_netlink's namespace (veth, bridge, macvlan, labelled and IPv6 addresses, routes with
+# metrics and multipath, a second table, three rules) and more of each kind
+SETUP = test_netlink.SETUP + """
 ip link set mv0 mtu 1300 promisc on
-ip addr add 10.200.0.1/24 brd + dev ve0 label ve0:1
 ip addr add 10.200.0.9/24 dev ve0 label ve0:sec
 ip addr add 10.210.0.1 peer 10.210.0.2/32 dev mv0
-ip addr add fd00:200::1/64 dev ve0 nodad
 ip addr add fd00:201::1/64 dev br0 nodad noprefixroute
-ip addr add 10.200.0.2/24 dev br0
 ip addr add 10.220.0.1/24 dev br0 scope link
-for d in ve0 ve1 br0 mv0; do ip link set $d up; done
 echo 1 > /proc/sys/net/ipv4/ip_forward
 echo 2 > /proc/sys/net/ipv4/conf/ve0/rp_filter
-ip route add 10.201.0.0/16 via 10.200.0.2 dev ve0 mtu 1300 advmss 1200
-ip route add 10.202.0.0/16 via 10.200.0.2 dev ve0 table 100 metric 5
 ip route add 10.205.0.0/16 dev br0 table 1000 src 10.200.0.2 tos 0x10
-ip route add 10.203.0.0/16 nexthop via 10.200.0.2 dev ve0 weight 2 \
-    nexthop via 10.200.0.3 dev br0
 ip route add 10.230.0.0/16 dev ve0
 ip route add 10.212.0.0/16 via 10.230.0.1
-ip -6 route add fd00:300::/64 via fd00:200::2 dev ve0 metric 7
+ip -6 route add fd00:302::/64 via fd00:200::2 dev ve0 metric 7
 ip -6 route add fd00:301::/64 from fd00:200::/64 dev ve0
-ip route add blackhole 10.204.0.0/16
 ip route add unreachable 10.207.0.0/16 table 100 proto static
-ip rule add from 10.200.0.0/24 table 100 priority 1000
-ip rule add fwmark 0x5/0xff iif ve0 table 100 priority 1001
 ip rule add to 10.205.0.0/16 oif br0 table 1000 priority 1003 tos 0x10
 ip rule add from all lookup main suppress_prefixlength 0 priority 1004
 ip rule add from 10.209.0.0/16 goto 1006 priority 1005
 ip rule add prohibit from 10.208.0.0/16 priority 1006
-ip -6 rule add to fd00:300::/64 table 100 priority 1002
 """
 
 
