@@ -18,7 +18,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from lxc_cr import faults, intent
+from lxc_cr import faults, hostcompat, intent
 from lxc_cr import progress as progress_bar
 from lxc_cr.errors import OperationFailed, Refused, TaskGone, UnknownTarget
 from lxc_cr.kernel.procfs import Proc
@@ -392,7 +392,7 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
         progress_bar.start("dump", _resident_anon(proc, tasks))
         root = tasks[0]
         vdso_size, vdso_hash = memory.vdso_fingerprint(root.mem_fd, root.maps, root.host_pid)
-        xcr0 = _xcr0(root.leader.tracee.get_xstate())
+        xcr0 = hostcompat.xstate_xcr0(root.leader.tracee.get_xstate())
         with ImageWriter(image, source_kind=source_kind,
                          source_name=source_name or str(root_pid), compress=compress,
                          level=level, xcr0=xcr0, vdso_size=vdso_size,
@@ -498,14 +498,6 @@ def _unlink_quiet(path: str) -> None:
 
 def _reap(tasks) -> None:
     reap([th.host_tid for t in tasks for th in t.threads])
-
-
-def _xcr0(xstate: bytes) -> int:
-    """XCR0 as PTRACE_GETREGSET NT_X86_XSTATE reports it: the u64 at offset 464 of the
-    fxsave area's software-reserved bytes (the offset gdb reads it from too)."""
-    if len(xstate) >= 472:
-        return int.from_bytes(xstate[464:472], "little")
-    return 0
 
 
 def _vdso_pad(mem_fd: int, vdso, pid: int) -> int:

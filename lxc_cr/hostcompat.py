@@ -43,6 +43,14 @@ def xfeature_names(mask: int) -> str:
     return ", ".join(out)
 
 
+def xstate_xcr0(xstate: bytes) -> int:
+    """XCR0 as PTRACE_GETREGSET NT_X86_XSTATE reports it: the u64 at offset 464 of the
+    fxsave area's software-reserved bytes (the offset gdb reads it from too)."""
+    if len(xstate) >= 472:
+        return int.from_bytes(xstate[464:472], "little")
+    return 0
+
+
 def host_xfeatures() -> int:
     """The xsave features this CPU and kernel offer to user space."""
     from lxc_cr.kernel import sys as ksys

@@ -366,8 +366,8 @@ def _inherit_base(pid: int) -> int:
 def _check_host(ctx, init, maps) -> None:
     from lxc_cr.resources import memory
     hdr = ctx.reader.header
-    from lxc_cr.dump import _xcr0
-    here = _xcr0(init.tracee.get_xstate())
+    from lxc_cr.hostcompat import xstate_xcr0
+    here = xstate_xcr0(init.tracee.get_xstate())
     want = getattr(hdr, "xcr0", 0) or 0
     if want & ~here:
         raise IncompatibleImage(ctx.path, f"the image needs xsave features {want:#x}, this "

@@ -13,7 +13,7 @@ import functools
 import os
 import re
 import struct
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from lxc_cr.errors import OperationFailed, TaskGone
 
@@ -24,8 +24,7 @@ PF_EXITING = 0x00000004  # Stat.flags: in do_exit(), not yet a zombie (include/l
 
 # --- /proc/PID/stat ------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Stat:
+class Stat(NamedTuple):
     """The fields of /proc/PID/stat that lxc-cr uses."""
 
     pid: int
@@ -104,8 +103,7 @@ def parse_status(data: bytes) -> dict[str, str]:
     return out
 
 
-@dataclass(frozen=True)
-class Creds:
+class Creds(NamedTuple):
     """Ids, groups, capabilities and namespace ids from /proc/PID/status."""
 
     uids: tuple[int, int, int, int]   # real, effective, saved, fs
@@ -156,8 +154,7 @@ def parse_creds(status: dict[str, str]) -> Creds:
 
 # --- /proc/PID/maps, smaps -----------------------------------------------------------------
 
-@dataclass(frozen=True)
-class MapEntry:
+class MapEntry(NamedTuple):
     """One line of /proc/PID/maps."""
 
     start: int
@@ -230,8 +227,7 @@ def parse_smaps_vmflags(data: bytes) -> dict[int, tuple[str, ...]]:
 
 # --- /proc/PID/limits ----------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Limit:
+class Limit(NamedTuple):
     """One row of /proc/PID/limits."""
 
     resource: int       # RLIMIT_*
@@ -287,15 +283,14 @@ def parse_auxv(data: bytes) -> list[int]:
 
 # --- /proc/PID/fdinfo/FD -------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class FdInfo:
+class FdInfo(NamedTuple):
     """/proc/PID/fdinfo/N: the common fields, the kind-specific lines in ``extra``."""
 
     pos: int
     flags: int          # O_* flags (octal in the file)
     mnt_id: int
     ino: int | None     # None before Linux 5.0
-    extra: dict[str, str | list[str]] = field(default_factory=dict)
+    extra: dict[str, str | list[str]]
 
 
 # Keys of lines that repeat (one per epoll target, inotify/fanotify mark, lock): their
@@ -351,8 +346,7 @@ def fdinfo_fields(line: str) -> dict[str, str]:
     return dict(_KV.findall(line))
 
 
-@dataclass(frozen=True)
-class InotifyWatch:
+class InotifyWatch(NamedTuple):
     """One ``inotify`` line of an inotify fd's fdinfo."""
 
     wd: int
@@ -391,8 +385,7 @@ def parse_inotify_watch(line: str) -> InotifyWatch:
 
 # --- /proc/PID/mountinfo -------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class MountInfo:
+class MountInfo(NamedTuple):
     """One line of /proc/PID/mountinfo."""
 
     mount_id: int

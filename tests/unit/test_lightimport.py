@@ -61,19 +61,31 @@ def test_missing_package():
         submodule("lxccr_no_such_package", "x")
 
 
-def test_pdb_and_inspect_deferred_until_used():
-    """Importing lxc-cr's dump and restore paths executes neither pdb (construct's debug
-    module imports it) nor inspect (dataclasses too); both work whole once asked for."""
+def test_pdb_inspect_and_traceback_deferred_until_used():
+    """Importing lxc-cr's dump and restore paths (pyroute2's messages and logging with
+    them) executes neither pdb (construct's debug module imports it), inspect (dataclasses
+    too) nor traceback (that module and logging); each works whole once asked for."""
     out = run("""
 import sys
 import lxc_cr.dump, lxc_cr.restore, lxc_cr.runtime.lxc, lxc_cr.image.reader
+from lxc_cr.resources import ns_net
+for name in ns_net.MESSAGES:
+    ns_net._msg(name)
 ran = lambda m: m in sys.modules and "__getattr__" not in vars(sys.modules[m])
-print([m for m in ("pdb", "bdb", "inspect", "ast", "dis") if ran(m)])
-import pdb, inspect
+print("logging" in sys.modules,
+      [m for m in ("pdb", "bdb", "inspect", "ast", "dis", "traceback", "linecache",
+                   "tokenize") if ran(m)])
+import pdb, inspect, traceback
 from inspect import signature
-print(pdb.Pdb.__name__, signature(lambda a, b=1: 0), ran("pdb"), ran("inspect"))
+try:
+    1 / 0
+except ZeroDivisionError:
+    tb = traceback.format_exc().splitlines()[-1]
+print(pdb.Pdb.__name__, signature(lambda a, b=1: 0), tb, ran("pdb"), ran("inspect"),
+      ran("traceback"))
 """)
-    assert out.splitlines() == ["[]", "Pdb (a, b=1) True True"]
+    assert out.splitlines() == [
+        "True []", "Pdb (a, b=1) ZeroDivisionError: division by zero True True True"]
 
 
 def test_deferred_leaves_an_imported_module_alone():
