@@ -9,13 +9,13 @@ record them per thread.
 import construct as cs
 
 from lxc_cr.image.kinds import record_kind
-from lxc_cr.resources.records_common import U32s
+from lxc_cr.resources.records_common import PackedArray, U32s
 
 CREDS = record_kind(0x0101, "creds", cs.Struct(
     "pid" / cs.Int32ul,
     "tid" / cs.Int32ul,
-    "uids" / cs.Array(4, cs.Int32ul),    # real, effective, saved, fs
-    "gids" / cs.Array(4, cs.Int32ul),
+    "uids" / PackedArray(4, cs.Int32ul),    # real, effective, saved, fs
+    "gids" / PackedArray(4, cs.Int32ul),
     "groups" / U32s,
     "cap_inh" / cs.Int64ul,
     "cap_prm" / cs.Int64ul,

@@ -22,6 +22,7 @@ from lxc_cr.errors import KernelError, RestoreFailed, Unsupported
 from lxc_cr.image.kinds import record_kind
 from lxc_cr.kernel.procfs import fdinfo_fields
 from lxc_cr.kernel.sys import syscall
+from lxc_cr.resources.records_common import PackedPrefixedArray
 
 KINDS = ("epoll",)
 LATE = True
@@ -31,7 +32,7 @@ KCMP_EPOLL_TFD = 7
 
 EPOLL = record_kind(0x0333, "epoll", cs.Struct(
     "file_id" / cs.Int32ul,
-    "targets" / cs.PrefixedArray(cs.VarInt, cs.Struct(
+    "targets" / PackedPrefixedArray(cs.VarInt, cs.Struct(
         "tfd" / cs.Int32ul,
         "events" / cs.Int32ul,     # EPOLLIN 0x1 ... EPOLLET 1<<31
         "data" / cs.Int64ul,

@@ -8,6 +8,7 @@ PTRACE_PEEKSIGINFO (shared queue with PTRACE_PEEKSIGINFO_SHARED).
 import construct as cs
 
 from lxc_cr.image.kinds import record_kind
+from lxc_cr.resources.records_common import PackedArray
 
 SigAction = cs.Struct(
     "handler" / cs.Int64ul,
@@ -18,7 +19,7 @@ SigAction = cs.Struct(
 
 SIGACTIONS = record_kind(0x0104, "sigactions", cs.Struct(
     "pid" / cs.Int32ul,
-    "actions" / cs.Array(64, SigAction),     # index i is signal i+1
+    "actions" / PackedArray(64, SigAction),     # index i is signal i+1
 ), doc="one per process")
 
 SIGPENDING = record_kind(0x0105, "sigpending", cs.Struct(

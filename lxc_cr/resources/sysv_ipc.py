@@ -33,7 +33,7 @@ import construct as cs
 
 from lxc_cr.errors import KernelError, RestoreFailed, Unsupported
 from lxc_cr.image.kinds import record_kind
-from lxc_cr.resources.records_common import Blob, BlockRef
+from lxc_cr.resources.records_common import Blob, BlockRef, PackedPrefixedArray
 
 IPC_CREAT, IPC_EXCL, IPC_NOWAIT = 0o1000, 0o2000, 0o4000
 IPC_RMID, IPC_SET, IPC_STAT = 0, 1, 2
@@ -77,7 +77,7 @@ SYSV_SEM = record_kind(0x0442, "sysv_sem", cs.Struct(
     "mode" / cs.Int32ul,
     "uid" / cs.Int32ul,
     "gid" / cs.Int32ul,
-    "semvals" / cs.PrefixedArray(cs.VarInt, cs.Int16ul),
+    "semvals" / PackedPrefixedArray(cs.VarInt, cs.Int16ul),
 ), doc="a SysV semaphore set of the tree's IPC namespace, with its values")
 
 _libc = ctypes.CDLL(None, use_errno=True)

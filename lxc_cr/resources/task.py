@@ -23,7 +23,7 @@ import construct as cs
 
 from lxc_cr.errors import OperationFailed, RestoreFailed, TaskGone, Unsupported
 from lxc_cr.image.kinds import record_kind
-from lxc_cr.resources.records_common import Str, U32s
+from lxc_cr.resources.records_common import PackedPrefixedArray, Str, U32s
 
 TASK = record_kind(0x0100, "task", cs.Struct(
     "pid" / cs.Int32ul,          # pid in the tree's own pid namespace
@@ -55,7 +55,7 @@ PID_FOR_CHILDREN = record_kind(0x0103, "pid_for_children", cs.Struct(
 
 RLIMITS = record_kind(0x0102, "rlimits", cs.Struct(
     "pid" / cs.Int32ul,
-    "limits" / cs.PrefixedArray(cs.VarInt, cs.Struct(
+    "limits" / PackedPrefixedArray(cs.VarInt, cs.Struct(
         "resource" / cs.Int8ul, "cur" / cs.Int64ul, "max" / cs.Int64ul)),
 ), doc="rlimits read from /proc/PID/limits (RLIM_INFINITY = 2**64-1)")
 

@@ -9,14 +9,14 @@ PTRACE_GETREGSET NT_X86_XSTATE; rseq from PTRACE_GET_RSEQ_CONFIGURATION.
 import construct as cs
 
 from lxc_cr.image.kinds import record_kind
-from lxc_cr.resources.records_common import Blob, Str
+from lxc_cr.resources.records_common import Blob, PackedArray, Str
 
 THREAD = record_kind(0x0110, "thread", cs.Struct(
     "pid" / cs.Int32ul,          # thread-group leader, tree pid ns
     "tid" / cs.Int32ul,          # tree pid ns
     "nstids" / cs.PrefixedArray(cs.VarInt, cs.Int32ul),
     "comm" / Str,
-    "regs" / cs.Array(27, cs.Int64ul),
+    "regs" / PackedArray(27, cs.Int64ul),
     "xstate" / Blob,
     "sigmask" / cs.Int64ul,
     "rseq_addr" / cs.Int64ul,
