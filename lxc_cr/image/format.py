@@ -20,11 +20,14 @@ Format versions (one dispatch table, ``FORMATS``; migrations in ``migrate.py``):
 
 from __future__ import annotations
 
+import struct
 import zlib
 from dataclasses import dataclass
 
 import construct as cs
 from construct import this
+
+from lxc_cr.image.packed import PackedPrefixedArray
 
 MAGIC = b"LXCCRIMG"
 END_MAGIC = b"LXCCREND"
@@ -133,8 +136,41 @@ RecordFrame = cs.Struct(
 FRAME_OVERHEAD = 2 + 4 + 4
 
 
+# RecordFrame is the declaration (and the docs); every record of an image goes through
+# frame_record() when written and unframe_record() when read, which do with struct what
+# RecordFrame.build and .parse do (test_image_rw holds them to it): 20-25 us a frame each
+# way through construct, 10 ms of a busybox container's checkpoint.
+_FRAME_HEAD = struct.Struct("<HI")
+_FRAME_CRC = struct.Struct("<I")
+
+
 def frame_record(tag: int, payload: bytes) -> bytes:
-    return RecordFrame.build(dict(body=dict(value=dict(tag=tag, payload=payload))))
+    """RecordFrame.build of one record."""
+    if not 0 <= tag < 0x10000 or len(payload) >= 1 << 32:
+        raise cs.FormatFieldError(f"record tag {tag} or payload length {len(payload)} "
+                                  "out of range")
+    body = _FRAME_HEAD.pack(tag, len(payload)) + payload
+    return body + _FRAME_CRC.pack(zlib.crc32(body))
+
+
+def unframe_record(frame) -> tuple[int, bytes, int]:
+    """(tag, payload, bytes used) of the record frame at the start of ``frame``, as
+    RecordFrame.parse finds them (bytes after the frame are not looked at); StreamError
+    for a frame cut short, ChecksumError for a crc32 that does not match."""
+    if len(frame) < _FRAME_HEAD.size:
+        raise cs.StreamError(f"stream read less than specified amount, expected "
+                             f"{_FRAME_HEAD.size}, found {len(frame)}")
+    tag, length = _FRAME_HEAD.unpack_from(frame)
+    end = _FRAME_HEAD.size + length
+    if len(frame) < end + _FRAME_CRC.size:
+        raise cs.StreamError(f"stream read less than specified amount, expected "
+                             f"{end + _FRAME_CRC.size}, found {len(frame)}")
+    body = bytes(frame[:end])
+    (crc,) = _FRAME_CRC.unpack_from(frame, end)
+    if crc != zlib.crc32(body):
+        raise cs.ChecksumError(f"wrong checksum, read {crc:#x}, computed "
+                               f"{zlib.crc32(body):#x}")
+    return tag, body[_FRAME_HEAD.size:], end + _FRAME_CRC.size
 
 
 # --- index and trailer --------------------------------------------------------------------
@@ -152,7 +188,7 @@ IndexEntryV2 = cs.Struct(
 
 def _index(entry: cs.Construct) -> cs.Construct:
     return cs.Struct(
-        "entries" / cs.RawCopy(cs.PrefixedArray(cs.Int32ul, entry)),
+        "entries" / cs.RawCopy(PackedPrefixedArray(cs.Int32ul, entry)),
         "crc32" / cs.Checksum(cs.Int32ul, _crc, this.entries.data),
     )
 

@@ -322,17 +322,17 @@ class ImageReader:
             for tag, off, length in run:
                 frame = data[off - start:off - start + length]
                 try:
-                    fr = F.RecordFrame.parse(frame)
+                    ftag, payload, used = F.unframe_record(frame)
                 except cs.ChecksumError:
                     raise self.error(f"record checksum mismatch (tag {tag:#06x})", off,
                                      _name(tag)) from None
                 except _DECODE_ERRORS as e:
                     raise self.error(f"bad record frame: {_short(e)}", off, _name(tag)) from None
-                if fr.body.value.tag != tag or fr.body.length + 4 != length:
-                    raise self.error(f"record frame (tag {fr.body.value.tag:#06x}, length "
-                                     f"{fr.body.length + 4}) does not match its index entry "
-                                     f"(tag {tag:#06x}, length {length})", off, _name(tag))
-                yield tag, off, fr.body.value.payload
+                if ftag != tag or used != length:
+                    raise self.error(f"record frame (tag {ftag:#06x}, length {used}) does not "
+                                     f"match its index entry (tag {tag:#06x}, length "
+                                     f"{length})", off, _name(tag))
+                yield tag, off, payload
 
     def decode(self, tag: int, payload: bytes, offset: int | None = None,
                canonical: bool = False, own: bool = False):

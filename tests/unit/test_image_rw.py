@@ -248,3 +248,38 @@ def test_kinds_that_cannot_hold_block_refs_are_skipped_rightly():
         refs = [r for i in range(8)
                 for r in iter_block_refs(k.parse(k.build(fields.sample(fields.node(k.struct), i))))]
         assert bool(refs) == (k.name in holding), k.name
+
+
+def test_frame_functions_are_the_record_frame_declaration():
+    """frame_record / unframe_record do by struct what format.RecordFrame declares."""
+    import random
+
+    import construct as cs
+    rnd = random.Random(3)
+    for n in [0, 1, 5, 300, 70000]:
+        tag, payload = rnd.randrange(1 << 16), rnd.randbytes(n)
+        frame = F.frame_record(tag, payload)
+        assert frame == F.RecordFrame.build(dict(body=dict(value=dict(tag=tag, payload=payload))))
+        parsed = F.RecordFrame.parse(frame + b"more")
+        assert F.unframe_record(frame + b"more") == (parsed.body.value.tag,
+                                                     parsed.body.value.payload, len(frame))
+        for cut in {0, 1, 5, 6, len(frame) - 1}:          # cut short: both a StreamError
+            with pytest.raises(cs.StreamError):
+                F.RecordFrame.parse(frame[:cut])
+            with pytest.raises(cs.StreamError):
+                F.unframe_record(frame[:cut])
+        for i in range(len(frame)):                          # any flipped bit
+            bad = bytearray(frame)
+            bad[i] ^= 1 << rnd.randrange(8)
+            try:
+                want = F.RecordFrame.parse(bytes(bad))
+            except cs.ConstructError as e:
+                with pytest.raises(type(e)):
+                    F.unframe_record(bytes(bad))
+            else:       # a longer length field that still fits: parses in both
+                assert F.unframe_record(bytes(bad))[:2] == (want.body.value.tag,
+                                                            want.body.value.payload)
+            if n > 300:
+                break
+    with pytest.raises(cs.ConstructError):
+        F.frame_record(1 << 16, b"")

@@ -1,4 +1,4 @@
-"""records_common.PackedArray / PackedPrefixedArray: construct's Array and PrefixedArray,
+"""image/packed.py, PackedArray and PackedPrefixedArray: construct's Array and PrefixedArray,
 parsed and built by struct.  Same bytes, same values, same errors as the declarations they
 stand for, and a record read from disk with an edited count fails at once."""
 
@@ -10,7 +10,7 @@ import construct as cs
 import pytest
 
 from lxc_cr.image import fields
-from lxc_cr.resources.records_common import PackedArray, PackedPrefixedArray
+from lxc_cr.image.packed import PackedArray, PackedPrefixedArray
 
 pytestmark = pytest.mark.unit
 
