@@ -18,10 +18,10 @@ exists (restore step 0).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 
 from lxc_cr.errors import IncompatibleImage
+from lxc_cr.lightimport import sha256
 
 ARCH_GET_XCOMP_SUPP = 0x1021
 
@@ -67,7 +67,7 @@ def host_vdso() -> tuple[int, bytes]:
                 lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
                 fd = os.open("/proc/self/mem", os.O_RDONLY | os.O_CLOEXEC)
                 try:
-                    return hi - lo, hashlib.sha256(os.pread(fd, hi - lo, lo)).digest()
+                    return hi - lo, sha256(os.pread(fd, hi - lo, lo)).digest()
                 finally:
                     os.close(fd)
     return 0, b"\0" * 32

@@ -27,6 +27,7 @@ import time
 import urllib.parse
 
 from lxc_cr import atomicfile
+from lxc_cr.lightimport import sha256
 
 KINDS = ("lxc", "libvirt")
 DEFAULT_STATE_DIR = "/var/lib/lxc-cr"
@@ -63,7 +64,7 @@ def _path(kind: str, name: str, lxcpath: str | None) -> str:
     base = f"{kind}-{urllib.parse.quote(name, safe='')}"
     lp = _lxcpath(kind, lxcpath)
     if lp is not None and lp != os.path.realpath(DEFAULT_LXCPATH):
-        base += "@" + hashlib.sha256(lp.encode()).hexdigest()[:12]
+        base += "@" + sha256(lp.encode()).hexdigest()[:12]
     return os.path.join(pending_dir(), base + ".json")
 
 
@@ -78,7 +79,7 @@ def _digest(path: str) -> tuple[int | None, str | None]:
         return None, None
     if size > HASH_LIMIT:
         return size, None
-    h = hashlib.sha256()
+    h = sha256() if size <= 1 << 20 else hashlib.sha256()    # see lightimport.sha256
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)

@@ -19,7 +19,6 @@ write the dumped pages with pwritev on ``/proc/PID/mem``, then PR_SET_MM_MAP.
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
 import time
@@ -28,6 +27,7 @@ import struct
 from lxc_cr.errors import ImageError, IncompatibleImage, RestoreFailed, Unsupported
 from lxc_cr import progress
 from lxc_cr.kernel import pagemap
+from lxc_cr.lightimport import sha256
 from lxc_cr.resources.memory_records import MM, PAGES, SHMEM, VMA
 
 PAGE = 4096
@@ -94,7 +94,7 @@ def vdso_fingerprint(mem_fd: int, maps, pid: int) -> tuple[int, bytes]:
     for m in maps:
         if m.path == "[vdso]":
             size = m.end - m.start
-            return size, hashlib.sha256(os.pread(mem_fd, size, m.start)).digest()
+            return size, sha256(os.pread(mem_fd, size, m.start)).digest()
     return 0, b"\0" * 32
 
 

@@ -61,31 +61,52 @@ def test_missing_package():
         submodule("lxccr_no_such_package", "x")
 
 
-def test_pdb_inspect_and_traceback_deferred_until_used():
+def test_unused_modules_deferred_until_used():
     """Importing lxc-cr's dump and restore paths (pyroute2's messages and logging with
-    them) executes neither pdb (construct's debug module imports it), inspect (dataclasses
-    too) nor traceback (that module and logging); each works whole once asked for."""
+    them, argparse's help formatter, tempfile) and hashing the vdso executes none of pdb
+    (construct's debug module imports it), inspect (dataclasses too), traceback (that
+    module and logging), hashlib (construct: OpenSSL with it), bz2 and lzma (shutil);
+    each works whole once asked for."""
     out = run("""
 import sys
-import lxc_cr.dump, lxc_cr.restore, lxc_cr.runtime.lxc, lxc_cr.image.reader
+import lxc_cr.dump, lxc_cr.restore, lxc_cr.runtime.lxc, lxc_cr.image.reader, lxc_cr.pending
+import argparse, tempfile
+from lxc_cr import hostcompat
 from lxc_cr.resources import ns_net
 for name in ns_net.MESSAGES:
     ns_net._msg(name)
+argparse.ArgumentParser().add_argument("-x")
+vdso = hostcompat.host_vdso()
 ran = lambda m: m in sys.modules and "__getattr__" not in vars(sys.modules[m])
-print("logging" in sys.modules,
-      [m for m in ("pdb", "bdb", "inspect", "ast", "dis", "traceback", "linecache",
-                   "tokenize") if ran(m)])
-import pdb, inspect, traceback
+names = ("pdb", "bdb", "inspect", "ast", "dis", "traceback", "linecache", "tokenize",
+         "hashlib", "_hashlib", "bz2", "lzma")
+print("logging" in sys.modules, [m for m in names if ran(m)])
+import pdb, inspect, traceback, hashlib, bz2, lzma
 from inspect import signature
 try:
     1 / 0
 except ZeroDivisionError:
     tb = traceback.format_exc().splitlines()[-1]
-print(pdb.Pdb.__name__, signature(lambda a, b=1: 0), tb, ran("pdb"), ran("inspect"),
-      ran("traceback"))
+with open("/proc/self/maps") as f:
+    lo, hi = (int(x, 16) for x in next(ln for ln in f if "[vdso]" in ln).split()[0].split("-"))
+with open("/proc/self/mem", "rb") as f:
+    f.seek(lo)
+    same = vdso == (hi - lo, hashlib.sha256(f.read(hi - lo)).digest())
+print(pdb.Pdb.__name__, signature(lambda a, b=1: 0), tb, same,
+      len(bz2.compress(b"x")) > 0, len(lzma.compress(b"x")) > 0)
 """)
     assert out.splitlines() == [
         "True []", "Pdb (a, b=1) ZeroDivisionError: division by zero True True True"]
+
+
+def test_sha256_is_hashlibs():
+    import hashlib
+
+    from lxc_cr.lightimport import sha256
+    for data in (b"", b"abc", bytes(range(256)) * 1000):
+        h = sha256(data)
+        h.update(b"more")
+        assert h.hexdigest() == hashlib.sha256(data + b"more").hexdigest()
 
 
 def test_deferred_leaves_an_imported_module_alone():
