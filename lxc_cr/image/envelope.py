@@ -39,8 +39,9 @@ import stat
 import construct as cs
 
 from lxc_cr.errors import BadInput, ImageError, OperationFailed
+from lxc_cr.image import format as F
 
-MAGIC = b"LXCCRENC"
+MAGIC = F.ENVELOPE_MAGIC
 VERSION = 1
 HEADER_SIZE = 32
 TAG_SIZE = 16
@@ -107,8 +108,7 @@ def _nonce(prefix: bytes, counter: int, final: bool) -> bytes:
     return prefix + counter.to_bytes(4, "big") + (b"\1" if final else b"\0")
 
 
-def is_encrypted(fd: int) -> bool:
-    return os.pread(fd, len(MAGIC), 0) == MAGIC
+is_encrypted = F.is_encrypted
 
 
 # --- writing --------------------------------------------------------------------------------

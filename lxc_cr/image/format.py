@@ -20,6 +20,7 @@ Format versions (one dispatch table, ``FORMATS``; migrations in ``migrate.py``):
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from lxc_cr.image.packed import PackedPrefixedArray
 
 MAGIC = b"LXCCRIMG"
 END_MAGIC = b"LXCCREND"
+ENVELOPE_MAGIC = b"LXCCRENC"     # an encrypted image (envelope.py) starts with it instead
 CURRENT_VERSION = 2
 HEADER_SIZE = 512
 BLOCK_ALIGN = 4096
@@ -123,6 +125,11 @@ def _header(fields: cs.Construct) -> cs.Construct:
 HeaderV1 = _header(HeaderFieldsV1)
 HeaderV2 = _header(HeaderFieldsV2)
 HEADER_CRC_OFFSET = HEADER_SIZE - 4
+
+def is_encrypted(fd: int) -> bool:
+    """Whether the file starts with an envelope (without importing envelope.py)."""
+    return os.pread(fd, len(ENVELOPE_MAGIC), 0) == ENVELOPE_MAGIC
+
 
 # --- records ----------------------------------------------------------------------------
 

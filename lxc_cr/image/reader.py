@@ -174,9 +174,8 @@ class ImageReader:
         return self._src is not None
 
     def _open_envelope(self, key: bytes | None) -> None:
-        from lxc_cr.image import envelope
         try:
-            sealed = envelope.is_encrypted(self._fd)
+            sealed = F.is_encrypted(self._fd)
         except OSError as e:
             raise self.error(f"read error: {e.strerror}", 0) from None
         if not sealed:
@@ -185,6 +184,7 @@ class ImageReader:
             return
         if key is None:
             raise self.error("the image is encrypted: give its key file (--key KEYFILE)", 0)
+        from lxc_cr.image import envelope
         self._src = envelope.EncryptedSource(self._fd, key, self.path)
         self.size = self._src.size
 
