@@ -18,7 +18,10 @@ and inspect (and with them bdb, dis, ast, tokenize, code, typing, ...: 5-10 ms) 
 Debugger construct that lxc-cr never uses; dataclasses imports inspect for the signature
 it writes as the docstring of a class that has none.  The module is put in
 ``sys.modules`` unexecuted, and executed (into the same module object) the first time one
-of its attributes is asked for.
+of its attributes is asked for.  ``lxc_cr/__init__.py`` defers those two and traceback,
+hashlib, bz2 and lzma (the reasons are there).
+
+``sha256()``: hashlib's import loads OpenSSL; small hashes use CPython's own code.
 """
 
 from __future__ import annotations
