@@ -286,17 +286,30 @@ def test_recover_stale_intent(lxc_container, tmp_path):
 
 
 def watchdogs_of(dumper: int) -> list[int]:
-    """Processes running the dumper's command line that are not the dumper (its forks)."""
-    me = Path(f"/proc/{dumper}/cmdline").read_bytes()
+    """The processes running ``python -m lxc_cr.intent --watchdog`` for one of the dumper's
+    intents (``KIND-NAME.PID.json``)."""
     out = []
     for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != dumper:
+        if d.name.isdigit():
             try:
-                if (d / "cmdline").read_bytes() == me:
-                    out.append(int(d.name))
+                argv = (d / "cmdline").read_bytes().split(b"\0")
             except OSError:
-                pass
+                continue
+            if b"lxc_cr.intent" in argv and argv[-2:-1] and \
+                    argv[-2].endswith(f".{dumper}.json".encode()):
+                out.append(int(d.name))
     return out
+
+
+def watchdog_ready(w: int) -> dict[int, str]:
+    """The watchdog's open files once it holds the pidfd of the dumper it watches (it is a
+    fresh interpreter: it gets there some 50 ms after the dump started it)."""
+    deadline = time.monotonic() + 30
+    while True:
+        fds = {int(f): os.readlink(f"/proc/{w}/fd/{f}") for f in os.listdir(f"/proc/{w}/fd")}
+        if "anon_inode:[pidfd]" in fds.values() or time.monotonic() > deadline:
+            return fds
+        time.sleep(0.02)
 
 
 def test_intent_file_is_private_and_gone_after_a_dump(lxc_container, tmp_path):
@@ -320,13 +333,13 @@ def test_intent_file_is_private_and_gone_after_a_dump(lxc_container, tmp_path):
     assert data["owner_pid"] == proc.pid and data["freezer"] == Freezer(ct.init_pid()).dir
     assert data["temp"] == str(tmp_path / "e" / f".{IMG}.tmp-{proc.pid}")
     # the watchdog: another session, stdio on /dev/null, no open file but a pipe (and the
-    # pidfd of the dumper it watches); not the dumper's child any more (double fork)
+    # pidfd of the dumper it watches); nobody's child but init's (started through sh &)
     wd = watchdogs_of(proc.pid)
     assert len(wd) == 1, wd
     w = wd[0]
     ppid = int(Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[1])
     assert os.getsid(w) not in (os.getsid(proc.pid), w) and ppid != proc.pid
-    fds = {int(f): os.readlink(f"/proc/{w}/fd/{f}") for f in os.listdir(f"/proc/{w}/fd")}
+    fds = watchdog_ready(w)
     assert all(fds[i] == "/dev/null" for i in (0, 1, 2)), fds
     rest = sorted(v.split(":")[0] for k, v in fds.items() if k > 2)
     assert rest == ["anon_inode", "pipe"] and "anon_inode:[pidfd]" in fds.values(), fds
