@@ -362,12 +362,13 @@ def _start_watchdog(rec: Intent) -> int:
     r, w = os.pipe()                      # both O_CLOEXEC: no later child inherits w
     argv = ["/bin/sh", "-c", '"$@" &', "sh", sys.executable, "-P", "-m", "lxc_cr.intent",
             "--watchdog", rec.path]
-    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0),
-               (os.POSIX_SPAWN_DUP2, 0, 1), (os.POSIX_SPAWN_DUP2, 0, 2)]
+    actions = []                          # r first: it may be fd 0 if stdin was closed
     if r == WATCH_FD:
         os.set_inheritable(r, True)
     else:
         actions.append((os.POSIX_SPAWN_DUP2, r, WATCH_FD))
+    actions += [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0),
+                (os.POSIX_SPAWN_DUP2, 0, 1), (os.POSIX_SPAWN_DUP2, 0, 2)]
     try:
         sh = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions, setsid=True)
     except OSError:

@@ -126,6 +126,7 @@ HeaderV1 = _header(HeaderFieldsV1)
 HeaderV2 = _header(HeaderFieldsV2)
 HEADER_CRC_OFFSET = HEADER_SIZE - 4
 
+
 def is_encrypted(fd: int) -> bool:
     """Whether the file starts with an envelope (without importing envelope.py)."""
     return os.pread(fd, len(ENVELOPE_MAGIC), 0) == ENVELOPE_MAGIC
