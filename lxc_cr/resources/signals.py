@@ -19,7 +19,7 @@ SigAction = cs.Struct(
 
 SIGACTIONS = record_kind(0x0104, "sigactions", cs.Struct(
     "pid" / cs.Int32ul,
-    "actions" / PackedArray(64, SigAction),     # index i is signal i+1
+    "actions" / PackedArray(64, SigAction),  # index i is signal i+1
 ), doc="one per process")
 
 SIGPENDING = record_kind(0x0105, "sigpending", cs.Struct(

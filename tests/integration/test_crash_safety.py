@@ -32,9 +32,9 @@ from test_lxc_checkpoint import (
 from treeutil import (
     assert_continued,
     assert_running_untraced,
-    build,
     dump_kill,
     harness_fixture,
+    launch_threads,
     read_state,
     tids,
     wait_changed,
@@ -301,15 +301,17 @@ def watchdogs_of(dumper: int) -> list[int]:
     return out
 
 
+def open_files(pid: int) -> dict[int, str]:
+    return {int(f): os.readlink(f"/proc/{pid}/fd/{f}") for f in os.listdir(f"/proc/{pid}/fd")}
+
+
 def watchdog_ready(w: int) -> dict[int, str]:
-    """The watchdog's open files once it holds the pidfd of the dumper it watches (it is a
-    fresh interpreter: it gets there some 50 ms after the dump started it)."""
-    deadline = time.monotonic() + 30
-    while True:
-        fds = {int(f): os.readlink(f"/proc/{w}/fd/{f}") for f in os.listdir(f"/proc/{w}/fd")}
-        if "anon_inode:[pidfd]" in fds.values() or time.monotonic() > deadline:
-            return fds
-        time.sleep(0.02)
+    """The watchdog's open files once it holds the pidfd of the dumper it watches (a fresh
+    interpreter gets there 60-140 ms after the dump started it)."""
+    def ready():
+        fds = open_files(w)
+        return fds if "anon_inode:[pidfd]" in fds.values() else None
+    return wait_for(ready, timeout=30, what=f"watchdog {w} to hold the dumper's pidfd")
 
 
 def test_intent_file_is_private_and_gone_after_a_dump(lxc_container, tmp_path):
@@ -361,14 +363,7 @@ def test_tree_dump_killed_threads_run_on_and_recover_cleans(tree):
     untraced by themselves; its partial temporary image and intent stay until ``lxc-cr
     recover`` removes them; a normal dump and restore then work."""
     n = 3
-    binary = build("wl_threads")
-    d = tree.dir("tree-kill")
-    st = d / "state"
-
-    def ready():
-        s = read_state(st)
-        return all(int(s.get(f"count{i}", 0)) >= 3 for i in range(n))
-    wl = tree.launch([binary, st, str(n)], ready=ready)
+    wl, d, st = launch_threads(tree, "tree-kill", n)
     trace = d / "trace"
     tree.cli("tree", "dump", wl.root, d / "t.img", "--leave-running",
              env={"LXC_CR_FAULT_TRACE": str(trace)})

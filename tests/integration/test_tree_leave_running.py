@@ -12,7 +12,7 @@ import os
 import pytest
 
 from treeutil import (assert_running_untraced, build, gone, harness_fixture, idents,
-                      read_state, reset_state, snapshot, state_int, tids, tree_pids,
+                      launch_threads, read_state, reset_state, snapshot, state_int, tids, tree_pids,
                       wait_for, wait_state)
 
 pytestmark = pytest.mark.integration
@@ -81,14 +81,7 @@ def test_threads_get_their_affinity_back(tree):
     has its own affinity back (one thread kept on one CPU, the others on all), and every
     restored thread has the restorer's, as a process forked from it would."""
     n = 3
-    binary = build("wl_threads")
-    d = tree.dir("affinity")
-    st = d / "state"
-
-    def ready():
-        s = read_state(st)
-        return all(int(s[f"tid{i}"]) > 0 and int(s[f"count{i}"]) >= 3 for i in range(n))
-    wl = tree.launch([binary, st, str(n)], ready=ready)
+    wl, d, st = launch_threads(tree, "affinity", n)
     one = [t for t in tids(wl.root) if t != wl.root][0]          # a worker thread (host tid)
     os.sched_setaffinity(one, {max(os.sched_getaffinity(0))})
     before = _affinities(wl.root)

@@ -16,8 +16,8 @@ import time
 import pytest
 
 from treeutil import (PYTHON3, WORKLOADS, assert_continued, assert_running_untraced, build,
-                      dump_kill, harness_fixture, idents, read_mem, read_state, snapshot,
-                      state_int, wait_changed, wait_state)
+                      dump_kill, harness_fixture, idents, launch_threads, read_mem,
+                      read_state, snapshot, state_int, wait_changed, wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -99,14 +99,7 @@ def test_heap_64mib_checksum_and_counter_continue(tree):
 
 def test_threads_tls_and_shared_counters_continue(tree):
     n = 4
-    binary = build("wl_threads")
-    d = tree.dir("threads")
-    st = d / "state"
-
-    def ready():
-        s = read_state(st)
-        return all(int(s[f"tid{i}"]) > 0 and int(s[f"count{i}"]) >= 3 for i in range(n))
-    wl = tree.launch([binary, st, str(n)], ready=ready)
+    wl, d, st = launch_threads(tree, "threads", n)
     snap = snapshot(wl.root)
     assert len(snap[1].tids) == n + 1, snap[1]
     s0 = read_state(st)

@@ -655,6 +655,21 @@ def dump_kill(h: Harness, root: int, image, *extra, env=None, timeout: float = 3
     return res
 
 
+def launch_threads(h: Harness, label: str, n: int):
+    """wl_threads with ``n`` worker threads, in a new directory ``label`` of the harness,
+    once every thread has published its tid and counted three times: (the workload, its
+    directory, its state file)."""
+    binary = build("wl_threads")
+    d = h.dir(label)
+    st = d / "state"
+
+    def ready():
+        s = read_state(st)
+        return all(int(s.get(f"tid{i}", 0)) > 0 and int(s.get(f"count{i}", 0)) >= 3
+                   for i in range(n))
+    return h.launch([binary, st, str(n)], ready=ready), d, st
+
+
 def assert_continued(before: dict, after: dict, key: str = "counter", what: str = "") -> None:
     """``after`` was written by the same run of the program as ``before`` (same boot token,
     drawn once at start) and its counter went on from there (not restarted)."""
