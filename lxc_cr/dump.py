@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 
 from lxc_cr import faults, hostcompat, intent
 from lxc_cr import progress as progress_bar
-from lxc_cr.errors import OperationFailed, Refused, TaskGone, UnknownTarget
+from lxc_cr.errors import KernelError, OperationFailed, Refused, TaskGone, UnknownTarget
 from lxc_cr.kernel.procfs import Proc
 from lxc_cr.kernel.ptrace import (O_TRACESYSGOOD, TRAMPOLINE_SIZE, TRAMPOLINE_USED,
                                   Colocation, GuardedRemote, Remote, Tracee, affinities,
                                   find_syscall_insn, pread_mem, reap, trampoline)
+from lxc_cr.kernel.sys import syscall
 from lxc_cr.stats import DUMP_STATS, us
 
 PAGE = 4096
@@ -238,33 +239,31 @@ def freeze(proc: Proc, tasks: list[TaskState], freezer=None) -> list[TaskState]:
 
     With a cgroup ``freezer`` the whole group is frozen first, so the tree cannot change
     while it is walked; every thread is seized and interrupted while frozen, then the group
-    is thawed and the interrupts are collected (the freezer is thawed on every path)."""
+    is thawed and the interrupts are collected (the freezer is thawed on every path).  A
+    parent found in vfork() is waited for first (``_sharing_memory``)."""
     root = tasks[0].host_pid
     if freezer is not None:
         pending = []
-        with freezer:
-            faults.step("dump", "cgroup frozen")
-            tasks = discover_frozen(proc, root, tasks)
-            for t in tasks:
-                if t.zombie:
-                    continue
-                try:
-                    refresh(proc, t)
-                    for th in t.threads:
-                        th.tracee = Tracee.seize(th.host_tid, O_TRACESYSGOOD, pid=t.host_pid)
-                        th.tracee.interrupt(wait=False)
-                        pending.append(th.tracee)
-                except TaskGone:
-                    # a task already in do_exit() is not held by the freezer: it may be
-                    # reaped meanwhile; the rescan below drops it (or finds its zombie)
-                    if t.host_pid == root:
-                        raise
+        deadline = time.monotonic() + VFORK_PATIENCE
+        while True:
+            with freezer:
+                faults.step("dump", "cgroup frozen")
+                tasks = discover_frozen(proc, root, tasks)
+                vforked = _sharing_memory(tasks)
+                if not vforked:
+                    _seize_frozen(proc, tasks, root, pending)
+                    break
+            _await_exec(vforked, deadline)        # thawed meanwhile: then freeze again
         for tr in pending:
             try:
                 tr.wait_event_stop()
             except TaskGone:
                 if tr.pid == root:
                     raise
+    else:
+        # without a freezer a parent's interrupt waits until its vfork() child has exec'd;
+        # one found now that does not exec in time is refused before anything is stopped
+        _await_exec(_sharing_memory(tasks), time.monotonic() + VFORK_PATIENCE)
     while True:
         new = 0
         for t in tasks:
@@ -288,6 +287,76 @@ def freeze(proc: Proc, tasks: list[TaskState], freezer=None) -> list[TaskState]:
         if not new and len(fresh) == len(tasks):
             return tasks
         tasks = fresh
+
+
+def _seize_frozen(proc: Proc, tasks: list[TaskState], root: int, pending: list) -> None:
+    """Seize and interrupt every thread of the frozen group; the stops come once thawed."""
+    for t in tasks:
+        if t.zombie:
+            continue
+        try:
+            refresh(proc, t)
+            for th in t.threads:
+                th.tracee = Tracee.seize(th.host_tid, O_TRACESYSGOOD, pid=t.host_pid)
+                th.tracee.interrupt(wait=False)
+                pending.append(th.tracee)
+        except TaskGone:
+            # a task already in do_exit() is not held by the freezer: it may be reaped
+            # meanwhile; the rescan in freeze() drops it (or finds its zombie)
+            if t.host_pid == root:
+                raise
+
+
+# How long a child that runs in its parent's memory (vfork) may take to exec or exit.
+VFORK_PATIENCE = 5.0
+KCMP_VM = 1
+
+
+def _shares_vm(pid1: int, pid2: int) -> bool:
+    try:
+        return syscall("kcmp", pid1, pid2, KCMP_VM, 0, 0) == 0
+    except KernelError:
+        return False                      # one of them is gone
+
+
+def _sharing_memory(tasks: list[TaskState]) -> list[tuple[TaskState, TaskState]]:
+    """(parent, child) pairs of the frozen tree whose child runs in its parent's memory: a
+    vfork() child (of a shell such as dash, or of posix_spawn) that has not exec'd yet.
+
+    Such a pair cannot be stopped: the parent waits in vfork() until the child execs or
+    exits, in a sleep that only SIGKILL ends, so the parent's interrupt takes effect only
+    after the child has run on, and the child would be held in its own interrupt stop: the
+    dump would wait forever.  So the freeze is let go until the child has exec'd or exited
+    (microseconds, for a shell), and made again."""
+    by_pid = {t.host_pid: t for t in tasks}
+    pairs = []
+    for t in tasks:
+        if t.zombie:
+            continue
+        for c in t.children:
+            child = by_pid.get(c)
+            if child is not None and not child.zombie and _shares_vm(t.host_pid, c):
+                pairs.append((t, child))
+    return pairs
+
+
+def _await_exec(pairs, deadline: float) -> None:
+    """Until each vfork() child of ``pairs`` has exec'd or exited; past ``deadline`` the
+    dump is refused (nothing has been seized), naming each child and its parent."""
+    delay = 0.0002
+    while True:
+        pairs = [(p, c) for p, c in pairs if _shares_vm(p.host_pid, c.host_pid)]
+        if not pairs:
+            return
+        if time.monotonic() > deadline:
+            from lxc_cr.errors import Unsupported
+            raise Refused([Unsupported(
+                c.host_pid, c.stat.comm,
+                f"runs in the memory of its parent pid {p.host_pid} ({p.stat.comm}), as a "
+                f"vfork() child does, and has not exec'd or exited within "
+                f"{VFORK_PATIENCE:g} s") for p, c in pairs])
+        time.sleep(delay)
+        delay = min(delay * 2, 0.005)
 
 
 def discover_frozen(proc: Proc, root: int, old: list[TaskState]) -> list[TaskState]:

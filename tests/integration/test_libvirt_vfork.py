@@ -1,0 +1,87 @@
+"""A libvirt domain whose init is in vfork(), waiting for its child to exec (as dash is
+for a moment each time it runs a command).  Such a pair cannot be stopped while the child
+runs in its parent's memory: the dump lets the freeze go until the child has exec'd, then
+freezes again (tests/workloads/wl_vfork.c; a CI run's `virsh managedsave` of a dash loop
+waited forever before).  A child that does not exec in time is refused by name."""
+
+from __future__ import annotations
+
+import json
+
+from test_libvirt_save import LXC_CR, run, state, virsh
+from treeutil import _libc, build, children, wait_for
+
+from lxc_cr.dump import VFORK_PATIENCE
+from lxc_cr.kernel.cgroup import Freezer
+from lxc_cr.runtime.libvirt import _status_init_pid
+
+SYS_kcmp, KCMP_VM = 312, 1
+
+
+def vfork_domain(libvirt_domain, tmp_path, pause_ms: int):
+    counter = tmp_path / "count"
+    dom = libvirt_domain("vfork", persistent=True, init=str(build("wl_vfork")),
+                         initargs=(str(counter), str(pause_ms)))
+    read = lambda: int(counter.read_text().strip() or 0) if counter.exists() else 0  # noqa: E731
+    return dom, _status_init_pid(dom.name(), timeout=10), read
+
+
+def in_vfork(init: int) -> int:
+    """The child of ``init`` that runs in its memory, not exec'd yet (0: none)."""
+    return next((c for c in children(init) if _libc.syscall(SYS_kcmp, init, c, KCMP_VM, 0, 0)
+                 == 0), 0)
+
+
+def ns_pid(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(ln for ln in f if ln.startswith("NSpid:")).split()[-1])
+
+
+def tracer(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(ln for ln in f if ln.startswith("TracerPid:")).split()[1])
+
+
+def test_save_waits_for_the_vfork_child_to_exec(libvirt_domain, tmp_path):
+    dom, init, count = vfork_domain(libvirt_domain, tmp_path, pause_ms=1000)
+    name = dom.name()
+    wait_for(lambda: count() >= 1, what="a first sleep")
+    child = wait_for(lambda: in_vfork(init), what="a fresh vfork() child")
+    nspid = ns_pid(child)
+    img = tmp_path / "dom.save"
+    r = run(LXC_CR, "virsh", "save", name, img)   # begun while the child is in vfork()
+    assert r.returncode == 0, r.stderr
+    assert state(name) == "shut off"
+    at_save = count()
+
+    doc = json.loads(run(LXC_CR, "inspect", img, "--json").stdout)
+    comms = {t["pid"]: t["comm"] for t in doc["tasks"]}
+    # that child was dumped after its exec, as `sleep` (or had ended meanwhile)
+    assert comms in ({1: "wl_vfork", nspid: "sleep"}, {1: "wl_vfork"}), comms
+
+    r = run(LXC_CR, "virsh", "restore", img)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: count() >= at_save + 2, what="two more sleeps after the restore")
+    virsh("destroy", name)
+
+
+def test_a_child_that_does_not_exec_is_refused(libvirt_domain, tmp_path):
+    dom, init, _ = vfork_domain(libvirt_domain, tmp_path, pause_ms=600_000)
+    name = dom.name()
+    child = wait_for(lambda: in_vfork(init), what="the vfork() child")
+    img = tmp_path / "dom.save"
+    r = run(LXC_CR, "virsh", "save", name, img)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr == (
+        f"lxc-cr: error: pid {child} (wl_vfork): runs in the memory of its parent pid "
+        f"{init} (wl_vfork), as a vfork() child does, and has not exec'd or exited within "
+        f"{VFORK_PATIENCE:g} s: not supported\n")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(img.name)] == []
+    # untouched: running, nothing traced or frozen, the child still in vfork()
+    assert state(name) == "running"
+    assert Freezer(init).state() == "THAWED"
+    assert tracer(init) == 0 and tracer(child) == 0
+    assert in_vfork(init) == child
+    with open(f"/proc/{child}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] == "S"
+    virsh("destroy", name)

@@ -1,0 +1,61 @@
+"""A tree whose root is in vfork(), waiting for its child to exec (tests/workloads/wl_vfork.c;
+the same with a libvirt domain's freezer: test_libvirt_vfork.py).  Without a freezer the
+dump waits for the child's exec; a child that does not exec in time is refused by name
+before anything is stopped."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from treeutil import (_libc, assert_running_untraced, build, children, dump_kill,
+                      harness_fixture, refused_dump, wait_for)
+
+from lxc_cr.dump import VFORK_PATIENCE
+
+pytestmark = pytest.mark.integration
+
+tree = harness_fixture()
+
+SYS_kcmp, KCMP_VM = 312, 1
+VFORK_RE = re.compile(r"pid (\d+) \((\w+)\): runs in the memory of its parent pid (\d+) "
+                      r"\((\w+)\), as a vfork\(\) child does, and has not exec'd or exited "
+                      r"within ([\d.]+) s: not supported")
+
+
+def in_vfork(pid: int) -> int:
+    """The child of ``pid`` that runs in its memory, not exec'd yet (0: none)."""
+    return next((c for c in children(pid)
+                 if _libc.syscall(SYS_kcmp, pid, c, KCMP_VM, 0, 0) == 0), 0)
+
+
+def launch(tree, label: str, pause_ms: int):
+    d = tree.dir(label)
+    counter = d / "count"
+    read = lambda: int(counter.read_text().strip() or 0) if counter.exists() else 0  # noqa: E731
+    wl = tree.launch([build("wl_vfork"), counter, str(pause_ms)])
+    return wl, d, read
+
+
+def test_dump_waits_for_the_vfork_child(tree):
+    wl, d, count = launch(tree, "vfork", pause_ms=800)
+    wait_for(lambda: count() >= 1, what="a first sleep")
+    wait_for(lambda: in_vfork(wl.root), what="a fresh vfork() child")
+    img = d / "img"
+    dump_kill(tree, wl.root, img)
+    at_dump = count()
+    root = tree.restore(img)
+    wait_for(lambda: count() >= at_dump + 2, what="two more sleeps after the restore")
+    assert_running_untraced(root)
+
+
+def test_a_child_that_does_not_exec_is_refused(tree):
+    wl, d, _ = launch(tree, "vfork-stuck", pause_ms=600_000)
+    child = wait_for(lambda: in_vfork(wl.root), what="the vfork() child")
+    line, m = refused_dump(tree, wl.root, d / "img", pattern=VFORK_RE)
+    assert (int(m.group(1)), m.group(2)) == (child, "wl_vfork"), line
+    assert (int(m.group(3)), m.group(4)) == (wl.root, "wl_vfork"), line
+    assert float(m.group(5)) == VFORK_PATIENCE, line
+    assert in_vfork(wl.root) == child
+    assert_running_untraced(wl.root)
