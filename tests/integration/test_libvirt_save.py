@@ -3,12 +3,16 @@ libvirtd; the restored domain is an ordinary libvirt domain."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from test_lxc_checkpoint import wait_for
 from test_lxc_network import client_ns  # noqa: F401 - fixture
+from treeutil import children, status, tids, tree_pids
 
 REPO = Path(__file__).resolve().parents[2]
 LXC_CR = REPO / ".venv" / "bin" / "lxc-cr"
@@ -16,8 +20,54 @@ URI = "lxc:///system"
 
 
 def run(*argv, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=timeout)
+    """ARGV with captured text output.  One that hangs past ``timeout`` fails the test with
+    what /proc shows of it and of every libvirt domain's processes, then its Python
+    traceback (faulthandler, SIGABRT)."""
+    argv = [str(a) for a in argv]
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONFAULTHANDLER="1"))
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        report = proc_report([p.pid] + [c for ctl in _controllers() for c in children(ctl)])
+        p.send_signal(signal.SIGABRT)
+        try:
+            out, err = p.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        pytest.fail(f"{' '.join(argv)}: timed out after {timeout} s\n{report}\n"
+                    f"its stderr:\n{err}", pytrace=False)
+    return subprocess.CompletedProcess(argv, p.returncode, out, err)
+
+
+def _controllers() -> list[int]:
+    """Pids of libvirt_lxc, each the parent of one domain's init."""
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and Path(f"/proc/{d}/comm").read_text().strip() == "libvirt_lxc":
+                out.append(int(d))
+        except OSError:
+            pass
+    return out
+
+
+def proc_report(roots: list[int]) -> str:
+    """State, tracer, wchan and current syscall of every thread of the trees at ``roots``."""
+    lines = []
+    for h in dict.fromkeys(h for r in roots for h in tree_pids(r)):
+        for t in tids(h):
+            try:
+                st = status(h, t)
+                wchan = Path(f"/proc/{h}/task/{t}/wchan").read_text()
+                sc = Path(f"/proc/{h}/task/{t}/syscall").read_text().split()[:1]
+            except OSError:
+                continue
+            lines.append(f"  pid {h} tid {t} ({st.get('Name')}): {st.get('State')} "
+                         f"TracerPid={st.get('TracerPid')} wchan={wchan} syscall={sc}")
+    return "/proc at the timeout:\n" + "\n".join(lines)
 
 
 def virsh(*args) -> subprocess.CompletedProcess:
