@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_lxc_checkpoint import wait_for
 from test_lxc_network import client_ns  # noqa: F401 - fixture
-from treeutil import children, status, tids, tree_pids
+from treeutil import children, proc_report, tree_pids
 
 REPO = Path(__file__).resolve().parents[2]
 LXC_CR = REPO / ".venv" / "bin" / "lxc-cr"
@@ -30,7 +30,8 @@ def run(*argv, timeout=120) -> subprocess.CompletedProcess:
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        report = proc_report([p.pid] + [c for ctl in _controllers() for c in children(ctl)])
+        roots = [p.pid] + [c for ctl in _controllers() for c in children(ctl)]
+        report = proc_report(h for r in roots for h in tree_pids(r))
         p.send_signal(signal.SIGABRT)
         try:
             out, err = p.communicate(timeout=10)
@@ -52,22 +53,6 @@ def _controllers() -> list[int]:
         except OSError:
             pass
     return out
-
-
-def proc_report(roots: list[int]) -> str:
-    """State, tracer, wchan and current syscall of every thread of the trees at ``roots``."""
-    lines = []
-    for h in dict.fromkeys(h for r in roots for h in tree_pids(r)):
-        for t in tids(h):
-            try:
-                st = status(h, t)
-                wchan = Path(f"/proc/{h}/task/{t}/wchan").read_text()
-                sc = Path(f"/proc/{h}/task/{t}/syscall").read_text().split()[:1]
-            except OSError:
-                continue
-            lines.append(f"  pid {h} tid {t} ({st.get('Name')}): {st.get('State')} "
-                         f"TracerPid={st.get('TracerPid')} wchan={wchan} syscall={sc}")
-    return "/proc at the timeout:\n" + "\n".join(lines)
 
 
 def virsh(*args) -> subprocess.CompletedProcess:

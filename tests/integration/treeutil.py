@@ -242,6 +242,25 @@ def tree_pids(root: int) -> list[int]:
     return out
 
 
+def proc_report(pids) -> str:
+    """State, TracerPid, wchan, current syscall and signals of every thread of ``pids``
+    (what a test that timed out prints)."""
+    lines = []
+    for h in dict.fromkeys(pids):
+        for t in tids(h):
+            try:
+                st = status(h, t)
+                wchan = Path(f"/proc/{h}/task/{t}/wchan").read_text()
+                sc = Path(f"/proc/{h}/task/{t}/syscall").read_text().split()[:1]
+            except OSError:
+                continue
+            lines.append(f"  pid {h} tid {t} ({st.get('Name')}): {st.get('State')} "
+                         f"TracerPid={st.get('TracerPid')} wchan={wchan} syscall={sc} "
+                         f"SigBlk={st.get('SigBlk')} SigPnd={st.get('SigPnd')} "
+                         f"ShdPnd={st.get('ShdPnd')}")
+    return "/proc at the timeout:\n" + "\n".join(lines)
+
+
 def exe(pid: int) -> str | None:
     try:
         return os.readlink(f"/proc/{pid}/exe")
@@ -525,22 +544,9 @@ class Harness:
 
     def diagnose(self, cli_pid: int) -> str:
         """State, TracerPid, wchan and current syscall of lxc-cr and every thread we started."""
-        lines = []
         pids = [cli_pid] + [h for wl in self.workloads for h in tree_pids(wl.popen.pid)]
         pids += [h for r in self.restored for h in tree_pids(r)]
-        for h in dict.fromkeys(pids):
-            for t in tids(h):
-                try:
-                    st = status(h, t)
-                    wchan = Path(f"/proc/{h}/task/{t}/wchan").read_text()
-                    sc = Path(f"/proc/{h}/task/{t}/syscall").read_text().split()[:1]
-                except OSError:
-                    continue
-                lines.append(f"  pid {h} tid {t} ({st.get('Name')}): {st.get('State')} "
-                             f"TracerPid={st.get('TracerPid')} wchan={wchan} syscall={sc} "
-                             f"SigBlk={st.get('SigBlk')} SigPnd={st.get('SigPnd')} "
-                             f"ShdPnd={st.get('ShdPnd')}")
-        return "/proc at the timeout:\n" + "\n".join(lines)
+        return proc_report(pids)
 
     def dump(self, pid: int, image, *extra, env=None, timeout: float = 30.0) -> CliResult:
         res = self.cli("tree", "dump", pid, image, *extra, env=env, timeout=timeout)
