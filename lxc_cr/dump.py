@@ -22,9 +22,9 @@ from lxc_cr import faults, hostcompat, intent
 from lxc_cr import progress as progress_bar
 from lxc_cr.errors import KernelError, OperationFailed, Refused, TaskGone, UnknownTarget
 from lxc_cr.kernel.procfs import Proc
-from lxc_cr.kernel.ptrace import (O_TRACESYSGOOD, TRAMPOLINE_SIZE, TRAMPOLINE_USED,
-                                  Colocation, GuardedRemote, Remote, Tracee, affinities,
-                                  find_syscall_insn, pread_mem, reap, trampoline)
+from lxc_cr.kernel.ptrace import (O_TRACESYSGOOD, STOP_PATIENCE, TRAMPOLINE_SIZE,
+                                  TRAMPOLINE_USED, Colocation, GuardedRemote, Remote, Tracee,
+                                  affinities, find_syscall_insn, pread_mem, reap, trampoline)
 from lxc_cr.kernel.sys import syscall
 from lxc_cr.stats import DUMP_STATS, us
 
@@ -254,9 +254,10 @@ def freeze(proc: Proc, tasks: list[TaskState], freezer=None) -> list[TaskState]:
                     _seize_frozen(proc, tasks, root, pending)
                     break
             _await_exec(vforked, deadline)        # thawed meanwhile: then freeze again
+        stop_by = time.monotonic() + STOP_PATIENCE
         for tr in pending:
             try:
-                tr.wait_event_stop()
+                tr.wait_event_stop(stop_by)
             except TaskGone:
                 if tr.pid == root:
                     raise
@@ -277,7 +278,8 @@ def freeze(proc: Proc, tasks: list[TaskState], freezer=None) -> list[TaskState]:
                 for th in t.threads:
                     if th.tracee is None:
                         th.tracee = Tracee.seize(th.host_tid, O_TRACESYSGOOD, pid=t.host_pid)
-                        th.tracee.interrupt()
+                        th.tracee.interrupt(wait=False)
+                        th.tracee.wait_event_stop(time.monotonic() + STOP_PATIENCE)
                         new += 1
             except TaskGone:
                 if t.host_pid == root:

@@ -15,6 +15,7 @@ import enum
 import os
 import signal
 import struct
+import time
 
 from lxc_cr.errors import KernelError, OperationFailed, TaskGone
 from lxc_cr.kernel.sys import nr, ptrace, waitpid
@@ -113,6 +114,14 @@ class Stop:
         return f"Stop(status={self.status:#x}, sig={self.sig}, event={self.event})"
 
 
+# How long a dump waits for an interrupted thread to stop.  A thread stops at once unless
+# it waits in the kernel in a sleep that only SIGKILL ends, on something another stopped
+# thread would have to do (a vfork() parent whose child we hold, a FUSE request); then
+# waiting longer would only keep the whole tree stopped: the dump fails naming it, and
+# the tree runs on.
+STOP_PATIENCE = 10.0
+
+
 class Tracee:
     """One traced thread."""
 
@@ -152,8 +161,14 @@ class Tracee:
         if wait:
             self.wait_event_stop()
 
-    def wait(self) -> Stop:
-        _, status = waitpid(self.tid)
+    def wait(self, deadline: float | None = None) -> Stop:
+        """The thread's next stop (or exit).  With a ``deadline`` (time.monotonic(), at
+        most STOP_PATIENCE after the interrupt), raise OperationFailed naming the thread,
+        its state and where it waits if none came by then."""
+        if deadline is None:
+            _, status = waitpid(self.tid)
+        else:
+            status = self._wait_until(deadline)
         st = Stop(status)
         if st.exited:
             self.state = State.GONE
@@ -162,8 +177,27 @@ class Tracee:
             self.state = State.STOPPED
         return st
 
-    def wait_event_stop(self) -> None:
-        """Wait for a PTRACE_EVENT_STOP, keeping any signal dequeued on the way.
+    def _wait_until(self, deadline: float) -> int:
+        """waitpid's status, polled: no wait has a timeout.  Every 50 us for the first
+        20 ms (a thread stops within microseconds of being let run: the dump's own time
+        stays as with a blocking wait), then more slowly."""
+        delay, slow_from = 0.00005, time.monotonic() + 0.02
+        while True:
+            got, status = waitpid(self.tid, os.WNOHANG)
+            if got:
+                return status
+            now = time.monotonic()
+            if now >= deadline:
+                raise OperationFailed(f"pid {self.pid} ({_comm(self.tid)}) thread {self.tid} "
+                                      f"did not stop within {STOP_PATIENCE:g} s "
+                                      f"({_where(self.tid)})", pid=self.pid, tid=self.tid)
+            time.sleep(delay)
+            if now > slow_from:
+                delay = min(delay * 2, 0.002)
+
+    def wait_event_stop(self, deadline: float | None = None) -> None:
+        """Wait for a PTRACE_EVENT_STOP, keeping any signal dequeued on the way; by
+        ``deadline`` if one is given (``wait``).
 
         A signal-delivery-stop on the way means the thread dequeued a signal.  It is handed
         back while the thread blocks every signal, so the kernel queues it again with its
@@ -175,7 +209,7 @@ class Tracee:
         blocking and the event stop would leave the thread's signals blocked.)"""
         mask = None
         while True:
-            st = self.wait()
+            st = self.wait(deadline)
             if st.exited:
                 raise TaskGone(self.tid, "exited while being stopped")
             if st.event == EVENT_STOP:
@@ -479,6 +513,26 @@ def _exited(tid: int) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
     except (OSError, IndexError):
         return True
+
+
+def _comm(tid: int) -> str:
+    try:
+        with open(f"/proc/{tid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def _where(tid: int) -> str:
+    """``state S, in wchan`` of a thread, for an error that names it."""
+    try:
+        with open(f"/proc/{tid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0].decode()
+        with open(f"/proc/{tid}/wchan") as f:
+            wchan = f.read().strip()
+    except (OSError, IndexError):
+        return "gone"
+    return f"state {state}, in {wchan}" if wchan and wchan != "0" else f"state {state}"
 
 
 def _current_cpu() -> int:

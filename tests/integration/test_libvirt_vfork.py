@@ -13,15 +13,16 @@ from treeutil import _libc, build, children, wait_for
 
 from lxc_cr.dump import VFORK_PATIENCE
 from lxc_cr.kernel.cgroup import Freezer
+from lxc_cr.kernel.ptrace import STOP_PATIENCE
 from lxc_cr.runtime.libvirt import _status_init_pid
 
 SYS_kcmp, KCMP_VM = 312, 1
 
 
-def vfork_domain(libvirt_domain, tmp_path, pause_ms: int):
+def vfork_domain(libvirt_domain, tmp_path, pause_ms: int, *mode: str):
     counter = tmp_path / "count"
     dom = libvirt_domain("vfork", persistent=True, init=str(build("wl_vfork")),
-                         initargs=(str(counter), str(pause_ms)))
+                         initargs=(str(counter), str(pause_ms), *mode))
     read = lambda: int(counter.read_text().strip() or 0) if counter.exists() else 0  # noqa: E731
     return dom, _status_init_pid(dom.name(), timeout=10), read
 
@@ -35,6 +36,15 @@ def in_vfork(init: int) -> int:
 def ns_pid(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return int(next(ln for ln in f if ln.startswith("NSpid:")).split()[-1])
+
+
+def waiting_child(init: int) -> int:
+    """The child of ``init`` while ``init`` waits in clone(CLONE_VFORK) (0: none)."""
+    kids = children(init)
+    if len(kids) != 1:
+        return 0
+    with open(f"/proc/{init}/syscall") as f:
+        return kids[0] if f.read().split()[0] == "56" else 0
 
 
 def tracer(pid: int) -> int:
@@ -84,4 +94,24 @@ def test_a_child_that_does_not_exec_is_refused(libvirt_domain, tmp_path):
     assert in_vfork(init) == child
     with open(f"/proc/{child}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] == "S"
+    virsh("destroy", name)
+
+
+def test_a_thread_that_does_not_stop_fails_the_save(libvirt_domain, tmp_path):
+    """clone(CLONE_VFORK) without CLONE_VM: the child has a memory of its own, so it is not
+    waited for as a vfork() child, and the parent cannot stop while the dump holds the
+    child.  The dump fails after STOP_PATIENCE naming the parent, and the domain runs on."""
+    dom, init, count = vfork_domain(libvirt_domain, tmp_path, 600_000, "novm")
+    name = dom.name()
+    child = wait_for(lambda: waiting_child(init), what="the CLONE_VFORK child")
+    img = tmp_path / "dom.save"
+    r = run(LXC_CR, "virsh", "save", name, img)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr == (f"lxc-cr: error: pid {init} (wl_vfork) thread {init} did not stop "
+                        f"within {STOP_PATIENCE:g} s (state D, in kernel_clone)\n")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(img.name)] == []
+    assert state(name) == "running"
+    assert Freezer(init).state() == "THAWED"
+    assert tracer(init) == 0 and tracer(child) == 0
+    assert waiting_child(init) == child and count() == 0
     virsh("destroy", name)

@@ -13,6 +13,7 @@ from treeutil import (_libc, assert_running_untraced, build, children, dump_kill
                       harness_fixture, refused_dump, wait_for)
 
 from lxc_cr.dump import VFORK_PATIENCE
+from lxc_cr.kernel.ptrace import STOP_PATIENCE
 
 pytestmark = pytest.mark.integration
 
@@ -30,11 +31,11 @@ def in_vfork(pid: int) -> int:
                  if _libc.syscall(SYS_kcmp, pid, c, KCMP_VM, 0, 0) == 0), 0)
 
 
-def launch(tree, label: str, pause_ms: int):
+def launch(tree, label: str, pause_ms: int, *mode: str):
     d = tree.dir(label)
     counter = d / "count"
     read = lambda: int(counter.read_text().strip() or 0) if counter.exists() else 0  # noqa: E731
-    wl = tree.launch([build("wl_vfork"), counter, str(pause_ms)])
+    wl = tree.launch([build("wl_vfork"), counter, str(pause_ms), *mode])
     return wl, d, read
 
 
@@ -59,3 +60,19 @@ def test_a_child_that_does_not_exec_is_refused(tree):
     assert float(m.group(5)) == VFORK_PATIENCE, line
     assert in_vfork(wl.root) == child
     assert_running_untraced(wl.root)
+
+
+def test_a_thread_that_does_not_stop_fails_the_dump(tree):
+    """clone(CLONE_VFORK) without CLONE_VM: not a vfork() child to wait for (its memory is
+    its own), and its parent cannot stop until it execs.  The dump fails after
+    STOP_PATIENCE naming the parent; the tree runs on, untraced."""
+    wl, d, count = launch(tree, "clone-vfork", 600_000, "novm")
+    wait_for(lambda: len(children(wl.root)) == 1, what="the CLONE_VFORK child")
+    res = tree.cli("tree", "dump", wl.root, d / "img", timeout=STOP_PATIENCE + 30)
+    assert res.rc == 1, res.describe()
+    assert res.err == (f"lxc-cr: error: pid {wl.root} (wl_vfork) thread {wl.root} did not "
+                       f"stop within {STOP_PATIENCE:g} s (state D, in kernel_clone)\n"), \
+        res.describe()
+    assert not (d / "img").exists()
+    assert_running_untraced(wl.root)
+    assert len(children(wl.root)) == 1 and count() == 0
