@@ -322,7 +322,7 @@ def _shares_vm(pid1: int, pid2: int) -> bool:
 
 
 def _sharing_memory(tasks: list[TaskState]) -> list[tuple[TaskState, TaskState]]:
-    """(parent, child) pairs of the frozen tree whose child runs in its parent's memory: a
+    """(parent, child) pairs of the tree whose child runs in its parent's memory: a
     vfork() child (of a shell such as dash, or of posix_spawn) that has not exec'd yet.
 
     Such a pair cannot be stopped: the parent waits in vfork() until the child execs or
@@ -343,8 +343,9 @@ def _sharing_memory(tasks: list[TaskState]) -> list[tuple[TaskState, TaskState]]
 
 
 def _await_exec(pairs, deadline: float) -> None:
-    """Until each vfork() child of ``pairs`` has exec'd or exited; past ``deadline`` the
-    dump is refused (nothing has been seized), naming each child and its parent."""
+    """Until each vfork() child of ``pairs`` has exec'd or exited; past ``deadline`` (the
+    same for every child found while freezing) the dump is refused, nothing seized,
+    naming each child and its parent."""
     delay = 0.0002
     while True:
         pairs = [(p, c) for p, c in pairs if _shares_vm(p.host_pid, c.host_pid)]
@@ -355,8 +356,8 @@ def _await_exec(pairs, deadline: float) -> None:
             raise Refused([Unsupported(
                 c.host_pid, c.stat.comm,
                 f"runs in the memory of its parent pid {p.host_pid} ({p.stat.comm}), as a "
-                f"vfork() child does, and has not exec'd or exited within "
-                f"{VFORK_PATIENCE:g} s") for p, c in pairs])
+                f"vfork() child does: the dump waited {VFORK_PATIENCE:g} s for such children "
+                f"to exec or exit") for p, c in pairs])
         time.sleep(delay)
         delay = min(delay * 2, 0.005)
 

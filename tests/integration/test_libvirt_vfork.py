@@ -84,8 +84,8 @@ def test_a_child_that_does_not_exec_is_refused(libvirt_domain, tmp_path):
     assert r.returncode == 1, r.stderr
     assert r.stderr == (
         f"lxc-cr: error: pid {child} (wl_vfork): runs in the memory of its parent pid "
-        f"{init} (wl_vfork), as a vfork() child does, and has not exec'd or exited within "
-        f"{VFORK_PATIENCE:g} s: not supported\n")
+        f"{init} (wl_vfork), as a vfork() child does: the dump waited {VFORK_PATIENCE:g} s "
+        f"for such children to exec or exit: not supported\n")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(img.name)] == []
     # untouched: running, nothing traced or frozen, the child still in vfork()
     assert state(name) == "running"

@@ -21,8 +21,8 @@ tree = harness_fixture()
 
 SYS_kcmp, KCMP_VM = 312, 1
 VFORK_RE = re.compile(r"pid (\d+) \((\w+)\): runs in the memory of its parent pid (\d+) "
-                      r"\((\w+)\), as a vfork\(\) child does, and has not exec'd or exited "
-                      r"within ([\d.]+) s: not supported")
+                      r"\((\w+)\), as a vfork\(\) child does: the dump waited ([\d.]+) s "
+                      r"for such children to exec or exit: not supported")
 
 
 def in_vfork(pid: int) -> int:
