@@ -108,9 +108,6 @@ def _nonce(prefix: bytes, counter: int, final: bool) -> bytes:
     return prefix + counter.to_bytes(4, "big") + (b"\1" if final else b"\0")
 
 
-is_encrypted = F.is_encrypted
-
-
 # --- writing --------------------------------------------------------------------------------
 
 def seal(src_fd: int, length: int, dst_fd: int, key: bytes,

@@ -188,9 +188,8 @@ class Tracee:
                 return status
             now = time.monotonic()
             if now >= deadline:
-                raise OperationFailed(f"pid {self.pid} ({_comm(self.tid)}) thread {self.tid} "
-                                      f"did not stop within {STOP_PATIENCE:g} s "
-                                      f"({_where(self.tid)})", pid=self.pid, tid=self.tid)
+                raise OperationFailed(f"pid {self.pid} {_stuck(self.tid)}", pid=self.pid,
+                                      tid=self.tid)
             time.sleep(delay)
             if now > slow_from:
                 delay = min(delay * 2, 0.002)
@@ -515,24 +514,18 @@ def _exited(tid: int) -> bool:
         return True
 
 
-def _comm(tid: int) -> str:
+def _stuck(tid: int) -> str:
+    """``(comm) thread T did not stop within N s (state S, in wchan)``: a thread that did
+    not stop, as /proc shows it (the cold path of an error)."""
+    from lxc_cr.kernel.procfs import Proc
+    proc = Proc()
     try:
-        with open(f"/proc/{tid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
-
-
-def _where(tid: int) -> str:
-    """``state S, in wchan`` of a thread, for an error that names it."""
-    try:
-        with open(f"/proc/{tid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0].decode()
-        with open(f"/proc/{tid}/wchan") as f:
-            wchan = f.read().strip()
-    except (OSError, IndexError):
-        return "gone"
-    return f"state {state}, in {wchan}" if wchan and wchan != "0" else f"state {state}"
+        st = proc.stat(tid)
+        wchan = proc.read(tid, "wchan").decode().strip()
+    except OperationFailed:                 # TaskGone too
+        return f"(?) thread {tid} did not stop within {STOP_PATIENCE:g} s (gone)"
+    where = f"state {st.state}, in {wchan}" if wchan not in ("", "0") else f"state {st.state}"
+    return f"({st.comm}) thread {tid} did not stop within {STOP_PATIENCE:g} s ({where})"
 
 
 def _current_cpu() -> int:

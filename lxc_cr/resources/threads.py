@@ -9,12 +9,12 @@ PTRACE_GETREGSET NT_X86_XSTATE; rseq from PTRACE_GET_RSEQ_CONFIGURATION.
 import construct as cs
 
 from lxc_cr.image.kinds import record_kind
-from lxc_cr.resources.records_common import Blob, PackedArray, Str
+from lxc_cr.resources.records_common import Blob, PackedArray, Str, U32s
 
 THREAD = record_kind(0x0110, "thread", cs.Struct(
     "pid" / cs.Int32ul,          # thread-group leader, tree pid ns
     "tid" / cs.Int32ul,          # tree pid ns
-    "nstids" / cs.PrefixedArray(cs.VarInt, cs.Int32ul),
+    "nstids" / U32s,
     "comm" / Str,
     "regs" / PackedArray(27, cs.Int64ul),
     "xstate" / Blob,

@@ -9,15 +9,12 @@ from __future__ import annotations
 import json
 
 from test_libvirt_save import LXC_CR, run, state, virsh
-from treeutil import _libc, build, children, wait_for
+from treeutil import build, children, vfork_child, wait_for
 
 from lxc_cr.dump import VFORK_PATIENCE
 from lxc_cr.kernel.cgroup import Freezer
 from lxc_cr.kernel.ptrace import STOP_PATIENCE
 from lxc_cr.runtime.libvirt import _status_init_pid
-
-SYS_kcmp, KCMP_VM = 312, 1
-
 
 def vfork_domain(libvirt_domain, tmp_path, pause_ms: int, *mode: str):
     counter = tmp_path / "count"
@@ -25,12 +22,6 @@ def vfork_domain(libvirt_domain, tmp_path, pause_ms: int, *mode: str):
                          initargs=(str(counter), str(pause_ms), *mode))
     read = lambda: int(counter.read_text().strip() or 0) if counter.exists() else 0  # noqa: E731
     return dom, _status_init_pid(dom.name(), timeout=10), read
-
-
-def in_vfork(init: int) -> int:
-    """The child of ``init`` that runs in its memory, not exec'd yet (0: none)."""
-    return next((c for c in children(init) if _libc.syscall(SYS_kcmp, init, c, KCMP_VM, 0, 0)
-                 == 0), 0)
 
 
 def waiting_child(init: int) -> int:
@@ -51,7 +42,7 @@ def test_save_waits_for_the_vfork_child_to_exec(libvirt_domain, tmp_path):
     dom, init, count = vfork_domain(libvirt_domain, tmp_path, pause_ms=2000)
     name = dom.name()
     wait_for(lambda: count() >= 1, what="a first sleep")
-    wait_for(lambda: in_vfork(init), what="a fresh vfork() child")
+    wait_for(lambda: vfork_child(init), what="a fresh vfork() child")
     img = tmp_path / "dom.save"
     r = run(LXC_CR, "virsh", "save", name, img)   # begun while the child is in vfork()
     assert r.returncode == 0, r.stderr
@@ -73,7 +64,7 @@ def test_save_waits_for_the_vfork_child_to_exec(libvirt_domain, tmp_path):
 def test_a_child_that_does_not_exec_is_refused(libvirt_domain, tmp_path):
     dom, init, _ = vfork_domain(libvirt_domain, tmp_path, pause_ms=600_000)
     name = dom.name()
-    child = wait_for(lambda: in_vfork(init), what="the vfork() child")
+    child = wait_for(lambda: vfork_child(init), what="the vfork() child")
     img = tmp_path / "dom.save"
     r = run(LXC_CR, "virsh", "save", name, img)
     assert r.returncode == 1, r.stderr
@@ -86,7 +77,7 @@ def test_a_child_that_does_not_exec_is_refused(libvirt_domain, tmp_path):
     assert state(name) == "running"
     assert Freezer(init).state() == "THAWED"
     assert tracer(init) == 0 and tracer(child) == 0
-    assert in_vfork(init) == child
+    assert vfork_child(init) == child
     with open(f"/proc/{child}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] == "S"
     virsh("destroy", name)

@@ -12,8 +12,8 @@ import os
 import pytest
 
 from treeutil import (assert_running_untraced, build, gone, harness_fixture, idents,
-                      launch_threads, read_state, reset_state, snapshot, state_int, tids, tree_pids,
-                      wait_for, wait_state)
+                      launch_threads, read_state, reset_state, snapshot, state_int, tids,
+                      tree_pids, wait_for, wait_state)
 
 pytestmark = pytest.mark.integration
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
 from treeutil import (LXC_CR, PYTHON3, assert_continued, assert_running_untraced, build,
                       children, dump_kill, harness_fixture, idents, ids, read_state, snapshot,
-                      wait_changed, wait_for, wait_state)
+                      status, wait_changed, wait_for, wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -184,10 +183,8 @@ def test_child_that_exits_while_the_dump_runs_is_recorded_as_a_zombie(tree):
     wait_for(lambda: trace.exists() and trace.read_text().endswith(" checked\n"),
              "the dump to hold after its check")
     os.kill(child, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
-        assert time.monotonic() < deadline, "the child never became a zombie"
-        time.sleep(0.01)
+    wait_for(lambda: status(child)["State"].startswith("Z"), "the child to become a zombie",
+             timeout=10)
     assert proc.wait(timeout=60) == 0, proc.stderr.read()
     root = tree.restore(d / "img")
     snap = snapshot(root)

@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from treeutil import (_libc, assert_running_untraced, build, children, dump_kill,
-                      harness_fixture, refused_dump, wait_for)
+from treeutil import (assert_running_untraced, build, children, dump_kill, harness_fixture,
+                      refused_dump, vfork_child, wait_for)
 
 from lxc_cr.dump import VFORK_PATIENCE
 from lxc_cr.kernel.ptrace import STOP_PATIENCE
@@ -19,16 +19,9 @@ pytestmark = pytest.mark.integration
 
 tree = harness_fixture()
 
-SYS_kcmp, KCMP_VM = 312, 1
 VFORK_RE = re.compile(r"pid (\d+) \((\w+)\): runs in the memory of its parent pid (\d+) "
                       r"\((\w+)\), as a vfork\(\) child does: the dump waited ([\d.]+) s "
                       r"for such children to exec or exit: not supported")
-
-
-def in_vfork(pid: int) -> int:
-    """The child of ``pid`` that runs in its memory, not exec'd yet (0: none)."""
-    return next((c for c in children(pid)
-                 if _libc.syscall(SYS_kcmp, pid, c, KCMP_VM, 0, 0) == 0), 0)
 
 
 def launch(tree, label: str, pause_ms: int, *mode: str):
@@ -42,7 +35,7 @@ def launch(tree, label: str, pause_ms: int, *mode: str):
 def test_dump_waits_for_the_vfork_child(tree):
     wl, d, count = launch(tree, "vfork", pause_ms=800)
     wait_for(lambda: count() >= 1, what="a first sleep")
-    wait_for(lambda: in_vfork(wl.root), what="a fresh vfork() child")
+    wait_for(lambda: vfork_child(wl.root), what="a fresh vfork() child")
     img = d / "img"
     dump_kill(tree, wl.root, img)
     at_dump = count()
@@ -53,12 +46,12 @@ def test_dump_waits_for_the_vfork_child(tree):
 
 def test_a_child_that_does_not_exec_is_refused(tree):
     wl, d, _ = launch(tree, "vfork-stuck", pause_ms=600_000)
-    child = wait_for(lambda: in_vfork(wl.root), what="the vfork() child")
+    child = wait_for(lambda: vfork_child(wl.root), what="the vfork() child")
     line, m = refused_dump(tree, wl.root, d / "img", pattern=VFORK_RE)
     assert (int(m.group(1)), m.group(2)) == (child, "wl_vfork"), line
     assert (int(m.group(3)), m.group(4)) == (wl.root, "wl_vfork"), line
     assert float(m.group(5)) == VFORK_PATIENCE, line
-    assert in_vfork(wl.root) == child
+    assert vfork_child(wl.root) == child
     assert_running_untraced(wl.root)
 
 

@@ -261,6 +261,13 @@ def proc_report(pids) -> str:
     return "/proc at the timeout:\n" + "\n".join(lines)
 
 
+def vfork_child(pid: int) -> int:
+    """The child of ``pid`` that still runs in its memory, a vfork() child not exec'd yet
+    (kcmp KCMP_VM; 0: none, or it went meanwhile)."""
+    return next((c for c in children(pid)
+                 if _libc.syscall(SYS_kcmp, pid, c, KCMP_VM, 0, 0) == 0), 0)
+
+
 def exe(pid: int) -> str | None:
     try:
         return os.readlink(f"/proc/{pid}/exe")
@@ -268,7 +275,7 @@ def exe(pid: int) -> str | None:
         return None
 
 
-KCMP_FILE, KCMP_FILES = 0, 2
+KCMP_FILE, KCMP_VM, KCMP_FILES = 0, 1, 2
 SYS_kcmp = 312
 
 
