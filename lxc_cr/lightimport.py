@@ -48,18 +48,17 @@ def _stub(package: str) -> None:
         if spec is None or spec.loader is None:
             raise ModuleNotFoundError(f"No module named {package!r}", name=package)
         pkg = importlib.util.module_from_spec(spec)
+        complete = _completion(pkg, spec)
 
-        def complete(attr: str):
-            # PEP 562: called only for an attribute the module does not have yet.  One of
-            # its submodules (``from pyroute2 import config``) is imported on its own.
-            if not attr.startswith("__") and \
+        def attribute(attr: str):
+            # one of its submodules (``from pyroute2 import config``) is imported on its own
+            if not attr.startswith("__") and not complete.done and \
                     importlib.util.find_spec(f"{package}.{attr}") is not None:
                 return importlib.import_module(f"{package}.{attr}")
-            vars(pkg).pop("__getattr__", None)
-            spec.loader.exec_module(pkg)
-            return getattr(pkg, attr)
+            return complete(attr)
 
-        pkg.__getattr__ = complete
+        pkg.__getattr__ = attribute
+        complete.hook = attribute
         sys.modules[package] = pkg
 
 
@@ -75,15 +74,44 @@ def deferred(name: str) -> None:
         if spec is None or spec.loader is None:
             return
         module = importlib.util.module_from_spec(spec)
-
-        def complete(attr: str):
-            # PEP 562: only for an attribute the module does not have yet
-            vars(module).pop("__getattr__", None)
-            spec.loader.exec_module(module)
-            return getattr(module, attr)
-
-        module.__getattr__ = complete
+        module.__getattr__ = _completion(module, spec)
         sys.modules[name] = module
+
+
+def _completion(module, spec):
+    """The PEP 562 ``__getattr__`` that executes ``module`` (once) and then answers from it.
+
+    Python calls it only for an attribute the module does not have yet.  Several threads
+    may ask at once (``lxc-cr host`` checkpoints containers side by side): the first
+    executes the module while the others wait on the lock, and the hook stays in place
+    until the module has run, so no thread is told that a name it has not reached yet does
+    not exist.  An attribute asked for again while the module runs (by its own code) is
+    answered from what it has defined so far."""
+    lock = threading.RLock()
+
+    def complete(attr: str):
+        with lock:
+            if not complete.done:
+                complete.done = True
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    complete.done = False       # as a failed import: tried again next time
+                    raise
+                if vars(module).get("__getattr__") is complete.hook:
+                    del module.__getattr__
+        try:
+            return vars(module)[attr]
+        except KeyError:
+            pass
+        own = vars(module).get("__getattr__")      # the module's own PEP 562 hook
+        if own is not None and own is not complete.hook:
+            return own(attr)
+        raise AttributeError(f"module {module.__name__!r} has no attribute {attr!r}")
+
+    complete.done = False
+    complete.hook = complete
+    return complete
 
 
 def sha256(data: bytes = b""):

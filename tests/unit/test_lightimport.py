@@ -119,3 +119,74 @@ deferred("no_such_module_here")
 print(sys.modules["json"] is before, "no_such_module_here" in sys.modules)
 """)
     assert out == "True False"
+
+
+SLOW_MODULE = '''
+import pathlib, time
+early = "early"
+pathlib.Path(__file__).with_suffix(".runs").open("a").write("run\\n")
+time.sleep(0.3)             # other threads ask for "late" meanwhile
+late = "late"
+'''
+
+
+@pytest.mark.parametrize("how", ["deferred", "submodule"])
+def test_threads_asking_at_once_wait_for_the_one_execution(tmp_path, how):
+    """``lxc-cr host`` checkpoints containers in threads: the first thread to touch a
+    deferred module executes it; a thread that asks for a name the module has not reached
+    yet waits for it instead of getting an AttributeError (the hook used to be removed
+    before the module ran).  The module runs once."""
+    if how == "deferred":
+        (tmp_path / "slowmod.py").write_text(SLOW_MODULE)
+        setup = "from lxc_cr.lightimport import deferred; deferred('slowmod')"
+    else:
+        (tmp_path / "slowmod").mkdir()
+        (tmp_path / "slowmod" / "__init__.py").write_text(SLOW_MODULE)
+        (tmp_path / "slowmod" / "sub.py").write_text("x = 1\n")
+        setup = "from lxc_cr.lightimport import submodule; submodule('slowmod', 'sub')"
+    out = run(f"""
+import sys, threading
+sys.path.insert(0, {str(tmp_path)!r})
+{setup}
+import slowmod
+got, errors = [], []
+def ask():
+    try:
+        got.append(slowmod.late)
+    except Exception as e:
+        errors.append(repr(e))
+threads = [threading.Thread(target=ask) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(got.count("late"), errors, slowmod.early, "__getattr__" in vars(slowmod))
+try:
+    slowmod.missing
+except AttributeError as e:
+    print(e)
+""")
+    runs = (tmp_path / ("slowmod.runs" if how == "deferred" else "slowmod/__init__.runs"))
+    assert out.splitlines() == ["8 [] early False",
+                                "module 'slowmod' has no attribute 'missing'"]
+    assert runs.read_text() == "run\n"
+
+
+def test_a_failed_execution_is_tried_again(tmp_path):
+    (tmp_path / "flaky.py").write_text(
+        "import os\nif not os.path.exists(__file__ + '.ok'):\n    raise ImportError('not yet')\n"
+        "value = 42\n")
+    out = run(f"""
+import sys, pathlib
+sys.path.insert(0, {str(tmp_path)!r})
+from lxc_cr.lightimport import deferred
+deferred("flaky")
+import flaky
+try:
+    flaky.value
+except ImportError as e:
+    print("first:", e)
+pathlib.Path(flaky.__file__ + ".ok").touch()
+print("second:", flaky.value)
+""")
+    assert out.splitlines() == ["first: not yet", "second: 42"]
