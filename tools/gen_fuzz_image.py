@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Regenerate tests/unit/data/real-sleep.img, the engine-made image the reader fuzz mutates
-(tests/unit/test_image_fuzz.py): a running ``sleep`` in its own session, dumped by
+"""Regenerate tests/unit/data/real-sleep-vN.img (N: the current format version), an
+engine-made image the reader fuzz mutates (tests/unit/test_image_fuzz.py, which keeps the
+images of older versions too): a running ``sleep`` in its own session, dumped by
 ``lxc-cr tree dump --leave-running --compress zstd``, then checked with ``lxc-cr inspect``.
 
 Run as root from the repository: ``.venv/bin/python tools/gen_fuzz_image.py``.
@@ -14,7 +15,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "tests" / "unit" / "data" / "real-sleep.img"
+sys.path.insert(0, str(REPO))
+
+from lxc_cr.image.format import CURRENT_VERSION  # noqa: E402
+
+OUT = REPO / "tests" / "unit" / "data" / f"real-sleep-v{CURRENT_VERSION}.img"
 LXC_CR = [sys.executable, "-m", "lxc_cr.cli"]
 
 

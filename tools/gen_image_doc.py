@@ -4,7 +4,7 @@
     tools/gen_image_doc.py            rewrite docs/image-format.md
     tools/gen_image_doc.py --check    exit 1 if the committed file differs
 
-The header, framing, index and trailer come from lxc_cr/image/format.py; the record kinds
+The footer, record pack and older layouts come from lxc_cr/image/format.py; the record kinds
 from lxc_cr.image.kinds.all_kinds() (each resource module's declaration).  The unit test
 tests/unit/test_image_doc.py fails when the committed file is out of date.
 """
@@ -61,23 +61,20 @@ def generate() -> str:
     add("## Layout")
     add("")
     add("```")
-    doc = F.__doc__.split("One file per checkpoint::", 1)[1].split("The writer sets", 1)[0]
+    doc = F.__doc__.split("One file per checkpoint::", 1)[1].split("The writer writes", 1)[0]
     add(doc.strip("\n").replace("\n    ", "\n").strip("\n").lstrip())
     add("```")
     add("")
-    add(f"* Magic `{F.MAGIC.decode()}` at offset 0; end magic `{F.END_MAGIC.decode()}` in "
-        "the last 8 bytes.")
-    add(f"* The header occupies the first {F.HEADER_SIZE} bytes: its fields, zero padded "
-        f"to {F.HEADER_SIZE - 4} bytes, then the crc32 of those {F.HEADER_SIZE - 4} bytes.")
-    add(f"* Data blocks start at offsets that are multiples of {F.BLOCK_ALIGN}; records are "
-        "not aligned.  Every byte between the header, the records, the blocks and the index "
-        "is zero (`verify()` checks it).")
+    add(f"* Magic `{F.MAGIC.decode()}` in the last 8 bytes, after the format version "
+        f"(u16): these {F.FOOTER_END_SIZE} bytes end every image from version 3 on, and a "
+        "reader reads them first.  Versions 1 and 2 start with the magic instead (below).")
+    add(f"* Data blocks start at offsets that are multiples of {F.BLOCK_ALIGN}, the first "
+        "at 0.  Every byte between blocks, and between the last block and the record pack, "
+        "is zero (`verify()` checks it).  The pack and the footer are not aligned.")
     add("* crc32 is zlib's (ISO-HDLC, as `zlib.crc32`).")
-    add("* Header flags: " + ", ".join(f"bit {v.bit_length() - 1} `{n}`"
-                                       for v, n in F.FLAG_NAMES.items()) +
-        ".  The writer sets INCOMPLETE in its first header write and clears it in the final "
-        "header rewrite, just before fsync and the rename from `.NAME.tmp-PID` to NAME; "
-        "readers refuse an image that has it set or that has unknown flag bits.")
+    add("* The writer writes the file as `.NAME.tmp-PID` and adds the pack and the footer "
+        "last, just before fsync and the rename to NAME: a file without a footer is not an "
+        "image, and readers say it may be an incomplete one.")
     add("* Source kinds: " + ", ".join(f"`{n}`={v}" for n, v in F.SOURCE_KINDS.items()) + ".")
     add("* Block codecs: " + ", ".join(f"{v} `{n}`" for v, n in F.CODECS.items()) +
         ".  A zstd block is one zstd frame with its content size; the writer stores a block "
@@ -87,22 +84,34 @@ def generate() -> str:
         "instead of zlib's CRC-32, over the stored bytes; the writer sets it on every block it "
         "writes, and readers accept both.")
     add("")
-    add(f"## Header (version {F.CURRENT_VERSION})")
+    add(f"## Footer (version {F.CURRENT_VERSION})")
     add("")
-    o += table(F.HeaderFieldsV2)
-    add(f"| {F.HEADER_CRC_OFFSET} | `crc32` | u32 | 4 |")
+    add(f"The last {F.FOOTER_SIZE} bytes.  The pack lies right before it "
+        "(`pack_offset + pack_stored` is where the footer starts).  Readers refuse any flag "
+        "bit; none is defined.")
     add("")
-    add("A reader first reads magic and version (10 bytes), refuses a version newer than "
-        "it supports, then parses the header layout of that version.")
+    o += table(F.Footer.subcons[0].subcon.subcon)
+    off = F.FOOTER_SIZE - F.FOOTER_END_SIZE - 4
+    add(f"| {off} | `crc32` | u32, of the {off} bytes above | 4 |")
+    add(f"| {off + 4} | `version` | u16 | 2 |")
+    add(f"| {off + 6} | `magic` | `{F.MAGIC.decode()}` | 8 |")
     add("")
-    add("## Record frame")
+    add("## Record pack")
+    add("")
+    add("One zstd frame (with its content checksum; the writer uses level 9), "
+        "`pack_length` bytes once decompressed: the header fields, then every record, in "
+        "the order written, until the end.  A tag that is not in the table is kept as raw "
+        "bytes by readers and re-encoded unchanged.  The pack's checksums cover the "
+        "records; they have none of their own.")
+    add("")
+    add("Header fields:")
+    add("")
+    o += table(F.HeaderFieldsV3)
     add("")
     add("Each record: its tag, the payload length, the payload (built with the record "
-        "kind's declaration below), and the crc32 of tag, length and payload.  A tag that "
-        "is not in the table is kept as raw bytes by readers and re-encoded unchanged.")
+        "kind's declaration below).")
     add("")
-    o += table(F.RecordFrame.subcons[0].subcon.subcon)
-    add("|  | `crc32` | u32, of the bytes above | 4 |")
+    o += table(F.PackRecord)
     add("")
     add("## BlockRef")
     add("")
@@ -112,14 +121,48 @@ def generate() -> str:
     add("")
     add("`stored == length` for raw blocks; `crc32` is of the stored bytes.")
     add("")
-    add("## Index and trailer")
+    add("## Older versions")
     add("")
-    add("The index lists every record in file order.  Its entries are a u32 count and the "
-        "entries, followed by the crc32 of the count and the entries.")
+    steps = migrate.__doc__.split("Format steps", 1)[1].split("Record steps", 1)[0]
+    add("Readers load every older version; `lxc-cr convert` rewrites one as the current "
+        "version.  The steps:")
     add("")
-    add(f"Index entry (version {F.CURRENT_VERSION}):")
+    for step in steps.split(":", 1)[1].strip().split("\n* "):
+        add("* " + " ".join(step.lstrip("* ").split()))
     add("")
-    o += table(F.IndexEntryV2)
+    add("Versions 1 and 2 lay the file out so:")
+    add("")
+    add("```")
+    add(f"offset 0            header          {F.HEADER_SIZE} bytes, its own crc32")
+    add(f"{F.HEADER_SIZE} ...".ljust(20) + "records         framed: tag u16, length u32, "
+        "payload, crc32")
+    add(f"                    data blocks     {F.BLOCK_ALIGN // 1024} KiB aligned, between "
+        "records, referenced by BlockRef")
+    add("index_offset        index           (tag, offset) or (tag, offset, length) of "
+        "every record + crc32")
+    add(f"end - {F.TRAILER_SIZE}".ljust(20) + "trailer         index offset/length, crc32, end "
+        "magic")
+    add("```")
+    add("")
+    add(f"* Magic `{F.MAGIC.decode()}` at offset 0, then the version (u16); end magic "
+        f"`{F.END_MAGIC.decode()}` in the last 8 bytes.")
+    add(f"* The header: its fields, zero padded to {F.HEADER_SIZE - 4} bytes, then the "
+        f"crc32 of those {F.HEADER_SIZE - 4} bytes.  Every byte between the header, the "
+        "records, the blocks and the index is zero.")
+    add("* Header flags: " + ", ".join(f"bit {v.bit_length() - 1} `{n}`"
+                                       for v, n in F.FLAG_NAMES.items()) +
+        ".  Their writer set INCOMPLETE in its first header write and cleared it in the "
+        "final header rewrite; readers refuse an image that has it set or that has unknown "
+        "flag bits.")
+    add("")
+    add("Record frame (versions 1 and 2): tag, payload length, payload, and the crc32 of "
+        "tag, length and payload.")
+    add("")
+    o += table(F.RecordFrame.subcons[0].subcon.subcon)
+    add("|  | `crc32` | u32, of the bytes above | 4 |")
+    add("")
+    add("The index: a u32 count and the entries, followed by the crc32 of the count and the "
+        "entries.")
     add("")
     add(f"Trailer (the last {F.TRAILER_SIZE} bytes; `index_offset` equals the header's, "
         "and the index ends where the trailer starts):")
@@ -128,15 +171,10 @@ def generate() -> str:
     add("| 16 | `crc32` | u32, of the 16 bytes above | 4 |")
     add(f"| 20 | `magic` | `{F.END_MAGIC.decode()}` | 8 |")
     add("")
-    add("## Older versions")
-    add("")
     for v, fmt in sorted(F.FORMATS.items()):
-        if v == F.CURRENT_VERSION:
+        if fmt.packed:
             continue
         add(f"### Version {v}")
-        add("")
-        steps = migrate.__doc__.split("Format steps", 1)[1].split("Record steps", 1)[0]
-        add(" ".join(steps.split(":", 1)[1].split()))
         add("")
         add(f"Header (version {v}):")
         add("")

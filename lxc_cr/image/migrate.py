@@ -9,6 +9,9 @@ Format steps (see format.py for the layouts):
   the dumping CPU or vdso: 0 / zero hash mean "unknown", and restore must then skip those
   compatibility checks); index entries gain the record length, which for v1 is read from
   each record frame's own length field.
+* v2 -> v3: the header fields move from the file's start into the record pack, and its
+  ``index_offset`` goes (v3 has no index); flags stay (0 in a v3 footer).  Records and
+  blocks mean the same: only where they lie changed.
 
 Record steps: a RecordKind whose layout changes bumps ``RecordKind.version`` and registers
 ``RECORD_MIGRATIONS[(tag, old_version)] = fn(obj) -> obj``.  Every current record kind is
@@ -34,9 +37,16 @@ def header_v1_to_v2(h: cs.Container) -> cs.Container:
     return out
 
 
+def header_v2_to_v3(h: cs.Container) -> cs.Container:
+    out = cs.Container((k, v) for k, v in h.items() if k != "index_offset")
+    out.version = 3
+    return out
+
+
 # from-version -> function producing the next version's header fields
 HEADER_STEPS: dict[int, Callable[[cs.Container], cs.Container]] = {
     1: header_v1_to_v2,
+    2: header_v2_to_v3,
 }
 
 

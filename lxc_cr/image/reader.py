@@ -24,6 +24,7 @@ _RUN_MAX = 1 << 20          # coalesce adjacent records into reads of up to this
 _CHUNK = 1 << 22            # block reads for checksumming / decompression
 _ZSTD_MAX_RATIO = 1 << 16   # a block never decompresses to more than this times its size
 _OUT_CHUNK = 1 << 20
+_PACK_MAX = 1 << 31         # a record pack decompresses to at most this (~200,000 tasks)
 _DECODE_ERRORS = (cs.ConstructError, UnicodeError, ValueError, OverflowError, KeyError,
                   TypeError, IndexError)
 
@@ -219,9 +220,16 @@ class ImageReader:
     def _open(self) -> None:
         if self.size == 0:
             raise self.error("empty file, not an lxc-cr image", 0)
+        self._pack = None           # v3: the decompressed record pack
+        if self.size >= F.FOOTER_END_SIZE:
+            tail = self.pread(F.FOOTER_END_SIZE, self.size - F.FOOTER_END_SIZE)
+            if F.is_packed(tail):
+                self._open_packed(F.FooterEnd.parse(tail).version)
+                return
         pre = self.pread(min(self.size, F.PREAMBLE_SIZE), 0)
         if len(pre) < F.PREAMBLE_SIZE or pre[:8] != F.MAGIC:
-            raise self.error("not an lxc-cr image (bad magic)", 0)
+            raise self.error("not an lxc-cr image, or an incomplete one (no lxc-cr magic at "
+                             "its end or start)", 0)
         version = F.Preamble.parse(pre).version
         if version > F.CURRENT_VERSION:
             raise self.error(f"format version {version} is newer than supported "
@@ -229,7 +237,10 @@ class ImageReader:
         fmt = F.FORMATS.get(version)
         if fmt is None:
             raise self.error(f"unknown format version {version}", 8)
+        if fmt.packed:              # its header is in the pack: the footer is missing
+            raise self.error("truncated or corrupt image: no footer", self.size)
         self.format = fmt
+        self.data_start = F.HEADER_SIZE
         if self.size < F.HEADER_SIZE:
             raise self.error(f"truncated header ({self.size} of {F.HEADER_SIZE} bytes)",
                              self.size)
@@ -247,9 +258,66 @@ class ImageReader:
         if fields.flags & ~F.KNOWN_FLAGS:
             raise self.error(f"unknown header flags {fields.flags:#x}", 10)
         self.header = migrate.header_to_current(fields)
-        self._read_index(fmt)
+        self._read_index(fmt, fields.index_offset)
 
-    def _read_index(self, fmt: F.Format) -> None:
+    def _open_packed(self, version: int) -> None:
+        """v3: the footer, then the record pack it points to, decompressed whole (a
+        busybox container's: 4 KiB stored, 40 KiB of records)."""
+        at = self.size - F.FOOTER_END_SIZE
+        if version > F.CURRENT_VERSION:
+            raise self.error(f"format version {version} is newer than supported "
+                             f"{F.CURRENT_VERSION}", at)
+        fmt = F.FORMATS.get(version)
+        if fmt is None or not fmt.packed:
+            raise self.error(f"unknown format version {version} in the footer", at)
+        end = self.size - F.FOOTER_SIZE
+        if end < 0:
+            raise self.error(f"truncated footer ({self.size} of {F.FOOTER_SIZE} bytes)", 0)
+        try:
+            f = F.Footer.parse(self.pread(F.FOOTER_SIZE, end)).fields.value
+        except cs.ChecksumError:
+            raise self.error("footer checksum mismatch", end) from None
+        except _DECODE_ERRORS as e:
+            raise self.error(f"bad footer: {_short(e)}", end) from None
+        if f.flags & ~F.FOOTER_KNOWN_FLAGS:
+            raise self.error(f"unknown footer flags {f.flags:#x}", end)
+        off, stored, length = f.pack_offset, f.pack_stored, f.pack_length
+        if off + stored != end or stored == 0:
+            raise self.error(f"record pack ({off}+{stored}) does not end at the footer", end)
+        if length > stored * _ZSTD_MAX_RATIO or length > _PACK_MAX:
+            raise self.error(f"record pack length {length} is implausible for {stored} "
+                             "stored bytes", off)
+        data = self.pread(stored, off)
+        if zlib.crc32(data) != f.pack_crc32:
+            raise self.error("record pack checksum mismatch", off)
+        import zstandard
+        try:
+            # the frame's own content size first: decompress() allocates that much
+            declared = zstandard.frame_content_size(data)
+            if declared != length:
+                raise self.error(f"record pack holds {declared} bytes, the footer says "
+                                 f"{length}", off)
+            data = zstandard.ZstdDecompressor().decompress(data)
+        except zstandard.ZstdError as e:
+            raise self.error(f"bad record pack: {_short(e)}", off) from None
+        if len(data) != length:
+            raise self.error(f"record pack decompresses to {len(data)} bytes, expected "
+                             f"{length}", off)
+        try:
+            head = F.PackHead.parse(data)
+            entries = F.pack_entries(data, head.end)
+        except _DECODE_ERRORS as e:
+            raise self.error(f"bad record pack: {_short(e)}", off) from None
+        self.format = fmt
+        fields = cs.Container(version=version, flags=f.flags)
+        fields.update((k, v) for k, v in head.header.items() if not k.startswith("_"))
+        self.header = migrate.header_to_current(fields)
+        self._pack = data
+        self.pack_offset = off
+        self.index = entries
+        self.data_start, self.data_end = 0, off
+
+    def _read_index(self, fmt: F.Format, header_index_offset: int) -> None:
         end = self.size - F.TRAILER_SIZE
         if end < F.HEADER_SIZE:
             raise self.error("truncated: no room for the trailer", self.size)
@@ -263,12 +331,12 @@ class ImageReader:
         except _DECODE_ERRORS:
             raise self.error("no trailer (truncated or corrupt image)", end) from None
         ioff, ilen = tr.fields.value.index_offset, tr.fields.value.index_length
-        if ioff != self.header.index_offset:
+        if ioff != header_index_offset:
             raise self.error(f"trailer index offset {ioff} differs from the header's "
-                             f"{self.header.index_offset}", end)
+                             f"{header_index_offset}", end)
         if ioff < F.HEADER_SIZE or ioff + ilen != end:
             raise self.error(f"index ({ioff}+{ilen}) does not end at the trailer", end)
-        self.index_offset = ioff
+        self.data_end = ioff
         try:
             idx = fmt.index.parse(self.pread(ilen, ioff))
         except cs.ChecksumError:
@@ -313,9 +381,15 @@ class ImageReader:
             yield run
 
     def raw_records(self, kind=None):
-        """(tag, offset, payload bytes) of each record, checksums verified; index order."""
+        """(tag, offset, payload bytes) of each record, checksums verified; index order.
+        The offset is in the file, or for v3 in the decompressed record pack."""
         tag = _tag_arg(kind)
         entries = self.index if tag is None else [e for e in self.index if e[0] == tag]
+        if self._pack is not None:
+            pack = self._pack
+            for tag, off, length in entries:
+                yield tag, off, pack[off + F.PACK_RECORD_OVERHEAD:off + length]
+            return
         for run in self._runs(entries):
             start = run[0][1]
             data = self.pread(run[-1][1] + run[-1][2] - start, start)
@@ -346,15 +420,19 @@ class ImageReader:
         kind = K.by_tag(tag)
         if kind is None:
             return None, RawRecord(tag, payload)
+        where = ""
+        if self._pack is not None and offset is not None:   # say where the pack is
+            where, offset = f" (at {offset} in the record pack)", self.pack_offset
         strict = _strict(kind)
         try:
             obj = K.hot_call(("parse", tag), strict, "parse", payload) if own else \
                 strict.parse(payload)
             if canonical and kind.struct.build(obj) != payload:
-                raise self.error(f"{kind.name} record is not canonically encoded", offset,
-                                 kind.name)
+                raise self.error(f"{kind.name} record{where} is not canonically encoded",
+                                 offset, kind.name)
         except _DECODE_ERRORS as e:
-            raise self.error(f"bad {kind.name} record: {_short(e)}", offset, kind.name) from None
+            raise self.error(f"bad {kind.name} record{where}: {_short(e)}", offset,
+                             kind.name) from None
         return kind, migrate.record_to_current(kind, obj, self.format.version)
 
     def records(self, kind=None):
@@ -401,6 +479,9 @@ class ImageReader:
             kind, obj = self.decode(tag, payload, off, canonical=canonical, own=own)
             decoded.append((kind, obj))
             for ref in block_refs(kind, obj):
+                if not ref["stored"] and not (ref["offset"] or ref["length"] or
+                                              ref["codec"] or ref["crc32"]):
+                    continue        # the all-zero reference: the empty block, no bytes
                 key = (ref["offset"], ref["stored"])
                 old = seen.get(key)
                 if old is not None:
@@ -418,15 +499,17 @@ class ImageReader:
                 else:
                     for _ in self._zstd_chunks(ref):
                         pass
-        spans = [(off, length, "record") for _tag, off, length in self.index]
+        spans = [] if self._pack is not None else \
+            [(off, length, "record") for _tag, off, length in self.index]
         spans += [(off, stored, "block") for off, stored in seen if stored]
         self._check_gaps(sorted(spans))
         return decoded
 
     def _check_gaps(self, spans) -> None:
         """Spans must not overlap; the bytes between them must be zero."""
-        pos = F.HEADER_SIZE
-        for off, length, what in spans + [(self.index_offset, 0, "index")]:
+        pos = self.data_start
+        end = "index" if self._pack is None else "record pack"
+        for off, length, what in spans + [(self.data_end, 0, end)]:
             if off < pos:
                 raise self.error(f"{what} at offset {off} overlaps the data before it", off)
             while pos < off:
@@ -447,7 +530,7 @@ class ImageReader:
         kind = F.codec_kind(codec)
         if kind not in F.CODECS:
             raise self.error(f"unknown block codec {codec}", off, "block")
-        if off % F.BLOCK_ALIGN or off < F.HEADER_SIZE or off + stored > self.index_offset:
+        if off % F.BLOCK_ALIGN or off < self.data_start or off + stored > self.data_end:
             raise self.error(f"block (offset {off}, {stored} bytes) outside the data area",
                              off, "block")
         if kind == F.CODEC_RAW and stored != length:

@@ -40,7 +40,6 @@ from treeutil import (
 )
 
 from lxc_cr import hostcompat
-from lxc_cr.image import kinds
 from lxc_cr.image.convert import recode, writer_for
 from lxc_cr.image.reader import ImageReader, iter_block_refs
 
@@ -191,17 +190,15 @@ def test_flipped_byte_refused_before_any_process(tree):
     img = d / "img"
     dump_kill(tree, wl.root, img)
     data = img.read_bytes()
-    creds_tag = kinds.by_name("creds").tag
     with ImageReader(img) as r:
-        rec = next(off for tag, off, _length in r.index if tag == creds_tag)
+        pack = r.pack_offset
         block = next(ref["offset"] for _k, obj in r.records() for ref in iter_block_refs(obj)
                      if ref["stored"])
-    # a record frame is tag u16, length u32, payload, crc32: flip a byte of the payload
+    # the records (the creds among them) are in the compressed record pack: flip a byte
     bad = d / "bad"
-    at = rec + 6 + 9
+    at = pack + 15
     bad.write_bytes(data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1:])
-    assert_refused(tree, bad, binary,
-                   want=f"record checksum mismatch (tag {creds_tag:#06x}) at offset {rec}")
+    assert_refused(tree, bad, binary, want=f"record pack checksum mismatch at offset {pack}")
     # a page block: refused too (exit 2), and nothing of the image is left running (the
     # restore may check a block as it reads it: then what it created is killed)
     at = block + 100

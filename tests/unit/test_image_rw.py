@@ -49,7 +49,8 @@ def test_roundtrip_records_and_blocks(tmp_path, compress):
     blocks = write_sample(p, compress)
     with ImageReader(p) as r:
         h = r.header
-        assert (h.version, h.flags, h.source_kind, h.source_name) == (2, 0, "lxc", "ct1")
+        assert (h.version, h.flags, h.source_kind, h.source_name) == \
+            (F.CURRENT_VERSION, 0, "lxc", "ct1")
         assert (h.xcr0, h.vdso_size, h.vdso_hash) == (0x2E7, 8192, bytes(range(32)))
         assert h.kernel == os.uname().release and h.arch == os.uname().machine
         r.verify()
@@ -137,34 +138,58 @@ def test_exception_keeps_existing_file(tmp_path):
 
 
 def test_incomplete_image_refused(tmp_path):
+    """Until commit the file has blocks but no record pack or footer."""
     p = tmp_path / "img"
     with ImageWriter(p) as w:
         w.add(kinds.by_name("uts"), dict(hostname="h", domainname="d"))
-        w._flush()
+        w.write_block(b"\x11" * 8192)
         with pytest.raises(ImageError) as ei:
             ImageReader(w.tmp_path)
         assert "incomplete" in str(ei.value) and ei.value.offset is not None
     ImageReader(p).close()
 
 
-def test_incomplete_flag_with_valid_rest_refused(tmp_path):
+def test_footer_flags_and_version_refused(tmp_path):
+    """A footer with a flag bit no reader knows, a version that has no footer (1, 2), a
+    pack that does not end at the footer, an implausible or wrong decompressed length or
+    the wrong crc32 (each with the footer's own crc32 right) is refused; so is an intact
+    image cut before its footer's start."""
     p = tmp_path / "img"
     write_sample(p)
-    raw = bytearray(p.read_bytes())
-    with ImageReader(p) as r:
-        fields_ = dict(r.header)
-    fields_["flags"] = F.FLAG_INCOMPLETE
-    raw[:F.HEADER_SIZE] = F.build_header(F.CURRENT, fields_)
-    p.write_bytes(raw)
-    with pytest.raises(ImageError, match="incomplete"):
+    raw = p.read_bytes()
+    foot = F.Footer.parse(raw[-F.FOOTER_SIZE:])
+    body = raw[:-F.FOOTER_SIZE]
+    fields_ = dict(foot.fields.value)
+    stored = fields_["pack_stored"]
+    for name, value, what in (("flags", 4, "unknown footer flags 0x4"),
+                              ("version", 2, "unknown format version 2 in the footer"),
+                              ("pack_offset", 0, "does not end at the footer"),
+                              ("pack_length", stored * 65537, "implausible"),
+                              ("pack_length", fields_["pack_length"] - 1,
+                               "record pack holds .* bytes, the footer says"),
+                              ("pack_crc32", fields_["pack_crc32"] ^ 1,
+                               "record pack checksum mismatch")):
+        f = dict(fields_)
+        version = foot.version
+        if name == "version":
+            version = value
+        else:
+            f[name] = value
+        p.write_bytes(body + F.Footer.build(dict(fields=dict(value=f), version=version)))
+        with pytest.raises(ImageError, match=what):
+            ImageReader(p)
+    p.write_bytes(raw[-F.FOOTER_END_SIZE:])
+    with pytest.raises(ImageError, match="truncated footer"):
         ImageReader(p)
 
 
 def test_bad_writer_arguments(tmp_path):
     with pytest.raises(ImageError):
         ImageWriter(tmp_path / "x", source_kind="docker")
-    with pytest.raises(ImageError):
-        ImageWriter(tmp_path / "x", source_name="n" * 1000)
+    with pytest.raises(ImageError, match="header fields do not fit"):
+        ImageWriter(tmp_path / "x", source_name="n" * 70000)     # u16 length prefix
+    with pytest.raises(ImageError, match="header fields do not fit"):
+        ImageWriter(tmp_path / "x", kernel="k" * 300)            # u8 length prefix
     with pytest.raises(ImageError):
         ImageWriter(tmp_path / "x", compress="lz4")
 
@@ -251,15 +276,14 @@ def test_kinds_that_cannot_hold_block_refs_are_skipped_rightly():
 
 
 def test_frame_functions_are_the_record_frame_declaration():
-    """frame_record / unframe_record do by struct what format.RecordFrame declares."""
+    """unframe_record does by struct what format.RecordFrame declares (v1/v2 images)."""
     import random
 
     import construct as cs
     rnd = random.Random(3)
     for n in [0, 1, 5, 300, 70000]:
         tag, payload = rnd.randrange(1 << 16), rnd.randbytes(n)
-        frame = F.frame_record(tag, payload)
-        assert frame == F.RecordFrame.build(dict(body=dict(value=dict(tag=tag, payload=payload))))
+        frame = F.RecordFrame.build(dict(body=dict(value=dict(tag=tag, payload=payload))))
         parsed = F.RecordFrame.parse(frame + b"more")
         assert F.unframe_record(frame + b"more") == (parsed.body.value.tag,
                                                      parsed.body.value.payload, len(frame))
@@ -281,5 +305,31 @@ def test_frame_functions_are_the_record_frame_declaration():
                                                             want.body.value.payload)
             if n > 300:
                 break
+
+
+def test_pack_functions_are_the_pack_declaration():
+    """pack_record / pack_entries do by struct what format.PackRecord and RecordPack
+    declare (v3 images): the same bytes, the same records, an error wherever the
+    declaration cannot parse the rest of a pack."""
+    import random
+
+    import construct as cs
+    rnd = random.Random(5)
+    recs = [(rnd.randrange(1 << 16), rnd.randbytes(n)) for n in (0, 1, 5, 300, 70000, 2)]
+    packed = b"".join(F.pack_record(t, p) for t, p in recs)
+    assert packed == b"".join(F.PackRecord.build(dict(tag=t, payload=p)) for t, p in recs)
+    head = F.HeaderFieldsV3.build(dict(created=1, kernel="k", arch="a", xcr0=0, vdso_size=0,
+                                       vdso_hash=bytes(32), source_kind="tree",
+                                       source_name="n"))
+    pack = head + packed
+    parsed = F.RecordPack.parse(pack)
+    entries = F.pack_entries(pack, F.PackHead.parse(pack).end)
+    assert [(r.tag, r.payload) for r in parsed.records] == recs
+    assert [(t, pack[o + F.PACK_RECORD_OVERHEAD:o + n]) for t, o, n in entries] == recs
+    assert entries[0][1] == len(head) and entries[-1][1] + entries[-1][2] == len(pack)
+    for cut in (1, 5, 7, 9, len(packed) - 1):          # none at a record boundary
+        with pytest.raises(ValueError, match="cut short|runs past"):
+            F.pack_entries(packed[:cut], 0)
+        assert len(F.RecordPack.parse(head + packed[:cut]).records) < len(recs)
     with pytest.raises(cs.ConstructError):
-        F.frame_record(1 << 16, b"")
+        F.pack_record(1 << 16, b"")

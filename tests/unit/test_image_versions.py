@@ -1,6 +1,7 @@
-"""Format versions: the current reader loads a v1 image (written here by a test-only v1
-writer that uses plain ``struct``, not the package's declarations), ``convert`` rewrites it
-as the current version with identical records and blocks, newer versions are refused."""
+"""Format versions: the current reader loads v1 and v2 images (written here by test-only
+writers that use plain ``struct``, not the package's declarations), ``convert`` rewrites
+them as the current version with identical records and blocks, newer versions are
+refused."""
 
 import random
 import struct
@@ -64,10 +65,40 @@ class V1Writer:
         return bytes(out + index + trailer)
 
 
-def v1_image(path):
-    """A v1 image: every kind's sample record, two pages records with blocks, one unknown."""
+class V2Writer(V1Writer):
+    """The v2 layout by hand: the v1 one, with xcr0, vdso_size and vdso_hash in the header
+    (after arch) and the frame length in each index entry (tag u16, offset u64, length
+    u32)."""
+
+    xcr0, vdso_size, vdso_hash = 0x2E7, 8192, bytes(range(32))
+
+    def record(self, tag: int, payload: bytes) -> None:
+        super().record(tag, payload)
+        self.index[-1] += (len(payload) + 10,)
+
+    def finish(self, flags=0, version=2) -> bytes:
+        ioff = len(self.buf)
+        entries = struct.pack("<I", len(self.index)) + b"".join(
+            struct.pack("<HQI", t, o, n) for t, o, n in self.index)
+        index = entries + struct.pack("<I", zlib.crc32(entries))
+        tr = struct.pack("<QQ", ioff, len(index))
+        trailer = tr + struct.pack("<I", zlib.crc32(tr)) + END
+        created, kernel, arch, skind, sname = self.hdr
+        h = (MAGIC + struct.pack("<HIQ", version, flags, created) + _pstr(kernel, "B") +
+             _pstr(arch, "B") + struct.pack("<QQ", self.xcr0, self.vdso_size) +
+             self.vdso_hash + struct.pack("<B", skind) + _pstr(sname, "H") +
+             struct.pack("<Q", ioff))
+        h = h.ljust(508, b"\0")
+        out = bytearray(self.buf)
+        out[:512] = h + struct.pack("<I", zlib.crc32(h))
+        return bytes(out + index + trailer)
+
+
+def v1_image(path, writer=V1Writer):
+    """A v1 image (or v2, with V2Writer): every kind's sample record, two pages records
+    with blocks, one unknown."""
     from lxc_cr.image import fields
-    w = V1Writer()
+    w = writer()
     recs = []
     for i, kind in enumerate(kinds.all_kinds()):
         if kind.name == "pages":
@@ -87,15 +118,22 @@ def v1_image(path):
     return recs, blocks
 
 
-def test_v1_image_loads(tmp_path):
-    p = tmp_path / "v1.img"
-    recs, blocks = v1_image(p)
+WRITERS = {1: V1Writer, 2: V2Writer}
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_old_image_loads(tmp_path, version):
+    p = tmp_path / f"v{version}.img"
+    recs, blocks = v1_image(p, WRITERS[version])
     with ImageReader(p) as r:
         h = r.header
-        assert r.format.version == 1 and h.version == 1
+        assert r.format.version == version and h.version == version
         assert (h.created, h.kernel, h.arch, h.source_kind, h.source_name) == \
             (1_600_000_000_000_000_000, "5.10.0-old", "x86_64", "lxc", "oldct")
-        assert (h.xcr0, h.vdso_size, h.vdso_hash) == (0, 0, b"\0" * 32)   # migrated
+        assert (h.xcr0, h.vdso_size, h.vdso_hash) == \
+            ((0, 0, b"\0" * 32) if version == 1 else                      # migrated
+             (V2Writer.xcr0, V2Writer.vdso_size, V2Writer.vdso_hash))
+        assert "index_offset" not in h                                    # v2 -> v3
         r.verify()
         got = list(r.records())
         assert [k for k, _ in got] == [k for k, _ in recs]
@@ -105,11 +143,12 @@ def test_v1_image_loads(tmp_path):
         assert [r.read_block(ref) for ref in refs] == blocks
 
 
-def test_convert_v1_to_current(tmp_path, capsys):
-    src, dst = tmp_path / "v1.img", tmp_path / "v2.img"
-    recs, blocks = v1_image(src)
+@pytest.mark.parametrize("version", [1, 2])
+def test_convert_old_to_current(tmp_path, capsys, version):
+    src, dst = tmp_path / f"v{version}.img", tmp_path / "current.img"
+    recs, blocks = v1_image(src, WRITERS[version])
     assert convert.run(Namespace(src=str(src), dst=str(dst), verbose=True)) == 0
-    assert "format v1" in capsys.readouterr().out
+    assert f"format v{version}" in capsys.readouterr().out
     with ImageReader(src) as old, ImageReader(dst) as new:
         assert new.format.version == F.CURRENT_VERSION == new.header.version
         for key in ("created", "kernel", "arch", "source_kind", "source_name", "xcr0",
@@ -128,7 +167,7 @@ def test_convert_v1_to_current(tmp_path, capsys):
             else:
                 assert x == y
     # converting the current version again is the identity
-    again = tmp_path / "v2b.img"
+    again = tmp_path / "again.img"
     convert.run(Namespace(src=str(dst), dst=str(again), verbose=False))
     assert again.read_bytes() == dst.read_bytes()
 
@@ -151,17 +190,20 @@ def test_version_zero_refused(tmp_path):
         ImageReader(p)
 
 
-def test_v1_incomplete_refused(tmp_path):
-    p = tmp_path / "v1.img"
-    p.write_bytes(V1Writer().finish(flags=1))
+@pytest.mark.parametrize("version", [1, 2])
+def test_old_incomplete_refused(tmp_path, version):
+    """v1 and v2 writers set the INCOMPLETE header flag until their final header write."""
+    p = tmp_path / f"v{version}.img"
+    p.write_bytes(WRITERS[version]().finish(flags=1))
     with pytest.raises(ImageError, match="incomplete"):
         ImageReader(p)
 
 
-def test_v1_mutations_refused(tmp_path):
-    """The v1 path (index without lengths) is fuzzed too."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_old_mutations_refused(tmp_path, version):
+    """The v1 path (index without lengths) and the v2 one are fuzzed too."""
     base_path = tmp_path / "base"
-    v1_image(base_path)
+    v1_image(base_path, WRITERS[version])
     base = base_path.read_bytes()
     rng = random.Random(7)
     p = tmp_path / "m"
