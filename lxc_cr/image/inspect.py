@@ -339,11 +339,13 @@ def _section(r: ImageReader, name: str, as_json: bool, out) -> None:
         out.write("\n")
         return
     out.write(f"{head}: {len(items)} records\n")
+    where = "in the record pack" if r.format.packed else "in the file"
     for i, (off, _k, obj) in enumerate(items):
         if node is None:
-            out.write(f"#{i} at offset {off}: {len(obj)} bytes: {bytes(obj).hex()}\n")
+            out.write(f"#{i} at offset {off} {where}: {len(obj)} bytes: "
+                      f"{bytes(obj).hex()}\n")
             continue
-        out.write(f"#{i} at offset {off}\n")
+        out.write(f"#{i} at offset {off} {where}\n")
         for fname, f in node.fields:
             if f.kind != "const":
                 show_value(fname, f, obj[fname], "  ", out)
