@@ -309,9 +309,9 @@ def is_packed(tail: bytes) -> bool:
 class Format:
     """Everything that differs between format versions: the one dispatch point."""
     version: int
-    header: cs.Construct
+    header: cs.Construct | None
     header_fields: cs.Construct
-    index: cs.Construct
+    index: cs.Construct | None
     index_entry: cs.Construct | None
     entry_has_length: bool
     packed: bool = False           # v3: blocks from offset 0, a record pack and a footer
@@ -320,21 +320,6 @@ class Format:
 FORMATS = {
     1: Format(1, HeaderV1, HeaderFieldsV1, IndexV1, IndexEntryV1, False),
     2: Format(2, HeaderV2, HeaderFieldsV2, IndexV2, IndexEntryV2, True),
-    3: Format(3, Footer, HeaderFieldsV3, None, None, True, packed=True),
+    3: Format(3, None, HeaderFieldsV3, None, None, True, packed=True),
 }
 CURRENT = FORMATS[CURRENT_VERSION]
-
-def build_header(fmt: Format, fields: dict) -> bytes:
-    """Build a HEADER_SIZE header; ``fields`` as in the Format's header_fields (no magic)."""
-    value = {k: v for k, v in fields.items() if k != "magic"}
-    value["version"] = fmt.version
-    return fmt.header.build(dict(fields=dict(value=value)))
-
-
-def build_index(fmt: Format, entries: list) -> bytes:
-    return fmt.index.build(dict(entries=dict(value=entries)))
-
-
-def build_trailer(index_offset: int, index_length: int) -> bytes:
-    return Trailer.build(dict(fields=dict(value=dict(index_offset=index_offset,
-                                                     index_length=index_length))))
