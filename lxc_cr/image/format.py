@@ -96,32 +96,20 @@ Preamble = cs.Struct(
 )
 PREAMBLE_SIZE = Preamble.sizeof()
 
-HeaderFieldsV1 = cs.Struct(
-    "magic" / cs.Const(MAGIC),
-    "version" / cs.Int16ul,
-    "flags" / cs.Int32ul,                        # bit 0 INCOMPLETE
-    "created" / cs.Int64ul,                      # unix time, ns
-    "kernel" / cs.PascalString(cs.Int8ul, "utf8"),   # uname -r of the dumping host
-    "arch" / cs.PascalString(cs.Int8ul, "utf8"),     # uname -m, e.g. x86_64
-    "source_kind" / SourceKind,
-    "source_name" / cs.PascalString(cs.Int16ul, "utf8"),
-    "index_offset" / cs.Int64ul,                 # 0 until the commit
-)
+# The header fields, in groups that the versions share (each group in this order).
+_PREFIX = ("magic" / cs.Const(MAGIC), "version" / cs.Int16ul,
+           "flags" / cs.Int32ul)                 # bit 0 INCOMPLETE (v1, v2)
+_HOST = ("created" / cs.Int64ul,                      # unix time, ns
+         "kernel" / cs.PascalString(cs.Int8ul, "utf8"),   # uname -r of the dumping host
+         "arch" / cs.PascalString(cs.Int8ul, "utf8"))     # uname -m, e.g. x86_64
+_CPU = ("xcr0" / cs.Int64ul,                         # XCR0 of the dumping CPU (xsave features)
+        "vdso_size" / cs.Int64ul,
+        "vdso_hash" / cs.Bytes(32))                  # sha256 of the dumping host's vdso
+_SOURCE = ("source_kind" / SourceKind, "source_name" / cs.PascalString(cs.Int16ul, "utf8"))
+_INDEX = ("index_offset" / cs.Int64ul,)             # 0 until the commit (v1, v2)
 
-HeaderFieldsV2 = cs.Struct(
-    "magic" / cs.Const(MAGIC),
-    "version" / cs.Int16ul,
-    "flags" / cs.Int32ul,                        # bit 0 INCOMPLETE
-    "created" / cs.Int64ul,                      # unix time, ns
-    "kernel" / cs.PascalString(cs.Int8ul, "utf8"),   # uname -r of the dumping host
-    "arch" / cs.PascalString(cs.Int8ul, "utf8"),     # uname -m, e.g. x86_64
-    "xcr0" / cs.Int64ul,                         # XCR0 of the dumping CPU (xsave features)
-    "vdso_size" / cs.Int64ul,
-    "vdso_hash" / cs.Bytes(32),                  # sha256 of the dumping host's vdso
-    "source_kind" / SourceKind,
-    "source_name" / cs.PascalString(cs.Int16ul, "utf8"),
-    "index_offset" / cs.Int64ul,                 # 0 until the commit
-)
+HeaderFieldsV1 = cs.Struct(*_PREFIX, *_HOST, *_SOURCE, *_INDEX)
+HeaderFieldsV2 = cs.Struct(*_PREFIX, *_HOST, *_CPU, *_SOURCE, *_INDEX)
 
 
 def _header(fields: cs.Construct) -> cs.Construct:
@@ -223,16 +211,7 @@ TRAILER_SIZE = Trailer.sizeof()
 
 # --- v3: record pack and footer ----------------------------------------------------------
 
-HeaderFieldsV3 = cs.Struct(
-    "created" / cs.Int64ul,                      # unix time, ns
-    "kernel" / cs.PascalString(cs.Int8ul, "utf8"),   # uname -r of the dumping host
-    "arch" / cs.PascalString(cs.Int8ul, "utf8"),     # uname -m, e.g. x86_64
-    "xcr0" / cs.Int64ul,                         # XCR0 of the dumping CPU (xsave features)
-    "vdso_size" / cs.Int64ul,
-    "vdso_hash" / cs.Bytes(32),                  # sha256 of the dumping host's vdso
-    "source_kind" / SourceKind,
-    "source_name" / cs.PascalString(cs.Int16ul, "utf8"),
-)
+HeaderFieldsV3 = cs.Struct(*_HOST, *_CPU, *_SOURCE)     # at the start of the record pack
 
 # One record in the pack: the pack's checksums cover it, so it has none of its own.
 PackRecord = cs.Struct(
