@@ -59,3 +59,18 @@ def test_repetitive_records_compress(tmp_path):
         got = list(r.records())
         assert [k.name for k, _ in got] == ["sigactions", "pages"] * 100
         assert [o.pid for _, o in got] == [pid for pid in range(1, 101) for _ in (0, 1)]
+
+
+def test_large_pack(tmp_path):
+    """Records past 1 MiB (pipe and socket buffers, message queues are records) are packed
+    at a faster level; they read back whole."""
+    p = tmp_path / "img"
+    payloads = [os.urandom(300_000) + bytes(500_000) for _ in range(3)]
+    with ImageWriter(p, source_name="big") as w:
+        for data in payloads:
+            w.add_raw(0x7FF1, data)
+        stats = w.stats
+    assert stats["record_bytes"] > 2 << 20 and stats["pack_bytes"] < 1 << 20
+    with ImageReader(p) as r:
+        r.verify()
+        assert [bytes(o) for _k, o in r.records()] == payloads
