@@ -1,9 +1,11 @@
 """Fuzz the reader: mutated and truncated images always end in ImageError.
 
-Every byte of a valid image is covered by a check (header crc over its padding too, record
-crcs, block crcs, index and trailer crcs, zero alignment padding), so *every* mutation must
-be refused, by ImageReader() or verify(); never another exception, a hang or a huge
-allocation.
+Every byte of a valid image is covered by a check (v3: the footer's crc, the record pack's
+crc and zstd checksum, block crcs, zero alignment padding; v2: the header crc over its
+padding too, record crcs, block crcs, index and trailer crcs, zero padding), so *every*
+mutation must be refused, by ImageReader() or verify(); never another exception, a hang or
+a huge allocation.  Records re-sealed in a pack with right checksums (what a forger could
+do) must end in ImageError or decode.
 """
 
 import os
