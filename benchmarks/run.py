@@ -403,7 +403,7 @@ def page_bytes(image: Path) -> int:
     earlier: the busybox counter loop's `sleep` is another process by then)."""
     from lxc_cr.image.reader import ImageReader
     with ImageReader(image) as r:
-        return sum(o.block.stored for k, o in r.records("pages"))
+        return sum(o.block.length for _k, o in r.records("pages"))
 
 
 def profile_dump(binary: str, work: Path, mib: int) -> str:

@@ -48,17 +48,7 @@ def _stub(package: str) -> None:
         if spec is None or spec.loader is None:
             raise ModuleNotFoundError(f"No module named {package!r}", name=package)
         pkg = importlib.util.module_from_spec(spec)
-        complete = _completion(pkg, spec)
-
-        def attribute(attr: str):
-            # one of its submodules (``from pyroute2 import config``) is imported on its own
-            if not attr.startswith("__") and not complete.done and \
-                    importlib.util.find_spec(f"{package}.{attr}") is not None:
-                return importlib.import_module(f"{package}.{attr}")
-            return complete(attr)
-
-        pkg.__getattr__ = attribute
-        complete.hook = attribute
+        pkg.__getattr__ = _Completion(pkg, spec, submodules=True)
         sys.modules[package] = pkg
 
 
@@ -74,11 +64,11 @@ def deferred(name: str) -> None:
         if spec is None or spec.loader is None:
             return
         module = importlib.util.module_from_spec(spec)
-        module.__getattr__ = _completion(module, spec)
+        module.__getattr__ = _Completion(module, spec)
         sys.modules[name] = module
 
 
-def _completion(module, spec):
+class _Completion:
     """The PEP 562 ``__getattr__`` that executes ``module`` (once) and then answers from it.
 
     Python calls it only for an attribute the module does not have yet.  Several threads
@@ -86,32 +76,39 @@ def _completion(module, spec):
     executes the module while the others wait on the lock, and the hook stays in place
     until the module has run, so no thread is told that a name it has not reached yet does
     not exist.  An attribute asked for again while the module runs (by its own code) is
-    answered from what it has defined so far."""
-    lock = threading.RLock()
+    answered from what it has defined so far.  ``submodules``: a package's submodule
+    (``from pyroute2 import config``) is imported on its own, the package left unexecuted.
+    """
 
-    def complete(attr: str):
-        with lock:
-            if not complete.done:
-                complete.done = True
+    def __init__(self, module, spec, submodules: bool = False):
+        self.module, self.spec, self.submodules = module, spec, submodules
+        self.done = False
+        self.lock = threading.RLock()
+
+    def __call__(self, attr: str):
+        module = self.module
+        if self.submodules and not self.done and not attr.startswith("__"):
+            name = f"{module.__name__}.{attr}"
+            if importlib.util.find_spec(name) is not None:
+                return importlib.import_module(name)
+        with self.lock:
+            if not self.done:
+                self.done = True
                 try:
-                    spec.loader.exec_module(module)
+                    self.spec.loader.exec_module(module)
                 except BaseException:
-                    complete.done = False       # as a failed import: tried again next time
+                    self.done = False           # as a failed import: tried again next time
                     raise
-                if vars(module).get("__getattr__") is complete.hook:
+                if vars(module).get("__getattr__") is self:
                     del module.__getattr__
         try:
             return vars(module)[attr]
         except KeyError:
             pass
         own = vars(module).get("__getattr__")      # the module's own PEP 562 hook
-        if own is not None and own is not complete.hook:
+        if own is not None and own is not self:
             return own(attr)
         raise AttributeError(f"module {module.__name__!r} has no attribute {attr!r}")
-
-    complete.done = False
-    complete.hook = complete
-    return complete
 
 
 def sha256(data: bytes = b""):
