@@ -135,14 +135,13 @@ def discover(proc: Proc, root_pid: int) -> list[TaskState]:
         t = TaskState(hp)
         try:
             refresh(proc, t)
+            t.children = [] if t.zombie else proc.children(hp)
         except TaskGone:
             if hp == root_pid:
                 raise
             continue                      # exited meanwhile: not part of the tree any more
         tasks.append(t)
-        if not t.zombie:
-            t.children = proc.children(hp)
-            stack.extend(t.children)
+        stack.extend(t.children)
     _relative_pids(tasks)
     return tasks
 
