@@ -170,12 +170,12 @@ def _relative_pids(tasks: list[TaskState]) -> None:
 
 
 def check_tree(proc: Proc, tasks: list[TaskState], managed: bool = False,
-               tcp_established: bool = False) -> list:
+               tcp_established: bool = False, net=None) -> list:
     """Every resource that cannot be checkpointed, without stopping anything
-    (``tcp_established``: established TCP connections are dumped, not refused)."""
+    (``tcp_established``: established TCP connections are dumped, not refused; ``net``:
+    namespaces.net_reads()'s, whose helper reads the devices meanwhile)."""
     from lxc_cr.resources import files, namespaces, seccomp
-    problems = list(namespaces.check(proc, tasks[0], managed, tasks=tasks))
-    problems += seccomp.check(proc, tasks, managed)
+    problems = list(seccomp.check(proc, tasks, managed))
     for t in tasks:
         if t.host_pid == os.getpid():
             problems.append(_unsupported(t, "lxc-cr itself inside the tree"))
@@ -204,6 +204,7 @@ def check_tree(proc: Proc, tasks: list[TaskState], managed: bool = False,
                 if t is tasks[0]:
                     raise
                 # exited meanwhile (a container's short-lived sleep): the freeze rescans
+    problems += namespaces.check(proc, tasks[0], managed, tasks=tasks, net=net)   # last: net
     return problems, pipe_count
 
 
@@ -421,7 +422,11 @@ def release(tasks: list[TaskState]) -> None:
 def dump_tree(root_pid: int, image: str, leave_running: bool = False,
               compress: str | None = None, level: int = 3, source_kind: str = "tree",
               source_name: str | None = None, extra_records=None, progress=None,
-              freezer=None, tcp_established: bool = False, key: bytes | None = None) -> dict:
+              freezer=None, tcp_established: bool = False, key: bytes | None = None,
+              net=None) -> dict:
+    """``net``: an ns_net.Reads of root_pid's namespace, made by the caller as early as it
+    could (namespaces.net_reads) and closed by it; without one, the checks and the dump read
+    the namespace in place."""
     from lxc_cr.image.reader import ImageReader
     from lxc_cr.image.writer import ImageWriter
     from lxc_cr.resources import creds, files, memory, namespaces, signals, task as task_mod
@@ -434,7 +439,7 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
     proc = Proc()
     tasks = discover(proc, root_pid)
     managed = source_kind != "tree"
-    problems, pipe_count = check_tree(proc, tasks, managed, tcp_established)
+    problems, pipe_count = check_tree(proc, tasks, managed, tcp_established, net)
     if problems:
         raise Refused(problems)
     faults.step("dump", "checked")
@@ -452,8 +457,10 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
         colo.pin(tids)
         t_frozen = time.monotonic()
         faults.step("dump", "frozen")
-        problems, ctx.pipe_inode_count = check_tree(proc, tasks, managed,
-                                                    tcp_established)   # seen while freezing
+        if net is not None:
+            net.frozen()        # its helper reads what the dump records, meanwhile
+        problems, ctx.pipe_inode_count = check_tree(
+            proc, tasks, managed, tcp_established, net)   # seen while freezing
         if problems:
             raise Refused(problems)
         ctx.descs = {t.host_pid: t.fds for t in tasks}     # every fd of the frozen tree
@@ -469,7 +476,6 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
                          level=level, xcr0=xcr0, vdso_size=vdso_size,
                          vdso_hash=vdso_hash, key=key) as w:
             ctx.writer = w
-            namespaces.dump(ctx, root, root.leader.remote, managed, tasks=tasks)
             for t in tasks:
                 if t.zombie:
                     task_mod.dump_zombie(ctx, t)
@@ -488,6 +494,9 @@ def dump_tree(root_pid: int, image: str, leave_running: bool = False,
                 faults.step("dump", f"memory {t.pid}")
                 if progress is not None:
                     progress(tasks.index(t) + 1, len(tasks) + 1)
+            # after the processes: net's helper has read the namespace meanwhile
+            namespaces.dump(ctx, root, root.leader.remote, managed, tasks=tasks,
+                            net=net)
             for kind, obj in extra_records or ():
                 w.add(kind, obj)
             t_written = time.monotonic()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import socket
 
 from lxc_cr.errors import OperationFailed, RestoreFailed, Unsupported
@@ -43,11 +44,26 @@ def own_kinds(proc, host_pid: int) -> dict[str, tuple[int, bool]]:
     return out
 
 
-def check(proc, root, managed: bool = False, tasks=()) -> list[Unsupported]:
+def net_reads(proc, host_pid: int):
+    """A context manager giving an ns_net.Reads for a tree in a net namespace of its own,
+    and closing it; None when the tree shares ours, or when no helper can be forked (check
+    and dump then read the namespace in place)."""
+    from contextlib import nullcontext
+
+    from lxc_cr.resources import ns_net
+    try:
+        if proc.ns(host_pid, "net") != proc.ns(os.getpid(), "net"):
+            return ns_net.Reads(host_pid)
+    except (OSError, OperationFailed):
+        pass
+    return nullcontext()
+
+
+def check(proc, root, managed: bool = False, tasks=(), net=None) -> list[Unsupported]:
     """``managed``: the tree is a manager's container (LXC, libvirt), whose root file
     system and mounts the manager recreates at every start: they are not checked.
     ``tasks``: the whole tree, each of which must share the root's namespaces (nested pid
-    namespaces aside, see task.check_pidns)."""
+    namespaces aside, see task.check_pidns).  ``net``: net_reads()'s Reads, or None."""
     from lxc_cr.resources import ns_cgroup, ns_ipc, ns_mnt, ns_net, ns_time, sysv_ipc
     from lxc_cr.resources import task as task_mod
     out = []
@@ -66,7 +82,7 @@ def check(proc, root, managed: bool = False, tasks=()) -> list[Unsupported]:
         out += ns_mnt.check(proc, root)
         out += _check_proc_mounts(proc, root)
     if "net" in own:
-        out += ns_net.check(root, run_in)
+        out += ns_net.check(root, run_in, net)
     if "ipc" in own:
         out += ns_ipc.check(root, run_in)
         out += sysv_ipc.check(root, run_in)
@@ -116,8 +132,9 @@ def _check_members(proc, tasks, kinds: dict) -> list[Unsupported]:
     return out
 
 
-def dump(ctx, root, remote, managed: bool = False, tasks=()) -> None:
-    """``tasks``: the whole tree, for the cgroups each process is in."""
+def dump(ctx, root, remote, managed: bool = False, tasks=(), net=None) -> None:
+    """``tasks``: the whole tree, for the cgroups each process is in.  ``net``: the Reads
+    of check(), told the tree is frozen; its state is taken last, after the other kinds."""
     from lxc_cr.resources import ns_cgroup, ns_ipc, ns_mnt, ns_net, ns_time, sysv_ipc
     kinds = own_kinds(ctx.proc, root.host_pid)
     for kind, (ino, own) in kinds.items():
@@ -128,8 +145,6 @@ def dump(ctx, root, remote, managed: bool = False, tasks=()) -> None:
     field = lambda i: raw[i * _UTSNAME:(i + 1) * _UTSNAME].split(b"\0", 1)[0].decode()
     ctx.writer.add(UTS, dict(hostname=field(1), domainname=field(5)))
     own = {k for k, (_i, o) in kinds.items() if o}
-    if "net" in own:
-        ns_net.dump(ctx, root, run_in)
     if "mnt" in own and not managed:
         ns_mnt.dump(ctx, root)
     if "ipc" in own:
@@ -139,6 +154,8 @@ def dump(ctx, root, remote, managed: bool = False, tasks=()) -> None:
         ns_time.dump(ctx, root)
     if tasks:
         ns_cgroup.dump(ctx, tasks)
+    if "net" in own:
+        ns_net.dump(ctx, root, run_in, net)
 
 
 def unshare_flags(ns_recs) -> int:
@@ -203,16 +220,8 @@ def run_in(pid: int, kinds: tuple, fn, *args):
     result: in a thread when every kind is in THREAD_KINDS, else in a forked helper whose
     (picklable) result is sent back.  Its exceptions come back as OperationFailed naming
     the namespace."""
-    fds = []
-    try:
-        for k in kinds:
-            fds.append((k, os.open(f"/proc/{pid}/ns/{k}", os.O_RDONLY | os.O_CLOEXEC)))
-    except OSError as e:
-        for _k, fd in fds:
-            os.close(fd)
-        raise OperationFailed(f"pid {pid}: cannot open its namespace: {e.strerror}") from None
-    what = f"{getattr(fn, '__name__', 'helper')} in the {'/'.join(kinds) or 'new'} " \
-           f"namespace of pid {pid}"
+    fds = _open_ns(pid, kinds)
+    what = _what(fn, kinds, pid)
     try:
         if THREAD_KINDS.issuperset(kinds):
             ok, val = _in_thread(fds, fn, args)
@@ -224,6 +233,23 @@ def run_in(pid: int, kinds: tuple, fn, *args):
     if not ok:
         raise OperationFailed(f"{what}: {val}")
     return val
+
+
+def _open_ns(pid: int, kinds: tuple) -> list[tuple[str, int]]:
+    fds = []
+    try:
+        for k in kinds:
+            fds.append((k, os.open(f"/proc/{pid}/ns/{k}", os.O_RDONLY | os.O_CLOEXEC)))
+    except OSError as e:
+        for _k, fd in fds:
+            os.close(fd)
+        raise OperationFailed(f"pid {pid}: cannot open its namespace: {e.strerror}") from None
+    return fds
+
+
+def _what(fn, kinds: tuple, pid: int) -> str:
+    return f"{getattr(fn, '__name__', 'helper')} in the {'/'.join(kinds) or 'new'} " \
+           f"namespace of pid {pid}"
 
 
 def _enter_and_run(fds, fn, args) -> tuple[bool, object]:
@@ -274,5 +300,120 @@ def _in_child(fds, fn, args, what) -> tuple[bool, object]:
     return pickle.loads(b"".join(chunks))
 
 
+class Beside:
+    """A forked helper in ``kinds`` of pid's namespaces that runs functions while this
+    process goes on: the dump of a container asks it for the network state before its
+    checks and again once the tree is frozen, and takes each answer where it is needed
+    (ns_net.Reads).  The helper's Python work (pyroute2's import and its decoding of the
+    replies, 30-40 ms for a busybox container) then runs on the other CPU instead of
+    taking turns with the dump's under one GIL.
+
+    ``send(fn, *args)`` queues a call; calls run one after another, in the order sent,
+    each in the namespaces (a call may unshare one: the next enters them again).
+    ``take()`` returns the result of the oldest call not yet taken, or raises
+    OperationFailed naming the call and the namespace, as run_in does.  ``done()`` sends
+    the end of the calls, ``close()`` also reaps the helper; it ends by itself when this
+    process dies (end of file on its requests).
+
+    Forked early (before the tree is seized; about a millisecond, the interpreter being
+    still small), the helper keeps no descriptor but its two pipes and the namespaces it
+    enters, so it holds no lock, image or intent file of the dump, and takes the default
+    action of the signals this process handles."""
+
+    def __init__(self, pid: int, kinds: tuple):
+        self.pid, self.kinds = pid, kinds
+        self._asked: list[str] = []
+        fds = _open_ns(pid, kinds)
+        req_r, req_w = os.pipe()
+        res_r, res_w = os.pipe()
+        try:
+            self.child = os.fork()
+        except OSError:
+            for fd in (req_r, req_w, res_r, res_w, *(fd for _k, fd in fds)):
+                os.close(fd)
+            raise
+        if self.child == 0:
+            _serve(fds, req_r, res_w)                        # never returns
+        for fd in (req_r, res_w, *(fd for _k, fd in fds)):
+            os.close(fd)
+        self._req = os.fdopen(req_w, "wb")
+        self._res = os.fdopen(res_r, "rb")
+
+    def send(self, fn, *args) -> None:
+        self._asked.append(_what(fn, self.kinds, self.pid))
+        try:
+            pickle.dump((fn, args), self._req)
+            self._req.flush()
+        except OSError:
+            pass                    # the helper is gone: take() says so
+
+    def take(self):
+        what = self._asked.pop(0)
+        try:
+            ok, val = pickle.load(self._res)
+        except (EOFError, OSError, pickle.UnpicklingError):
+            raise OperationFailed(f"{what}: the helper died") from None
+        if not ok:
+            raise OperationFailed(f"{what}: {val}")
+        return val
+
+    def done(self) -> None:
+        """No more calls: the helper exits once it has answered those sent, while this
+        process goes on (close() then only reaps it)."""
+        try:
+            self._req.close()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self.child <= 0:
+            return
+        self.done()
+        try:
+            self._res.close()
+        except OSError:
+            pass
+        if self._asked:             # a call still running: its answer is not wanted
+            os.kill(self.child, signal.SIGKILL)
+        ksys.waitpid(self.child)
+        self.child = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _serve(fds, req: int, res: int) -> None:
+    """The helper of Beside: answer each call, run in the namespaces, until the end of
+    file.  Never returns."""
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        keep = {req, res, *(fd for _k, fd in fds)}
+        for name in os.listdir("/proc/self/fd"):
+            if int(name) > 2 and int(name) not in keep:
+                try:
+                    os.close(int(name))
+                except OSError:
+                    pass                # the listing's own descriptor, closed by now
+        with os.fdopen(req, "rb") as rf, os.fdopen(res, "wb") as wf:
+            while True:
+                try:
+                    fn, args = pickle.load(rf)
+                except EOFError:
+                    break
+                out = _enter_and_run(fds, fn, args)
+                try:
+                    data = pickle.dumps(out)
+                except Exception as e:                     # noqa: BLE001
+                    data = pickle.dumps((False, f"result not picklable: {e}"))
+                wf.write(data)
+                wf.flush()
+    finally:
+        os._exit(0)
+
+
 __all__ = ["check", "dump", "setup_in_child", "setup_existing", "rebuild", "run_in",
-           "own_kinds", "unshare_flags", "RestoreFailed"]
+           "own_kinds", "unshare_flags", "Beside", "RestoreFailed"]

@@ -34,7 +34,7 @@ import subprocess
 
 import construct as cs
 
-from lxc_cr.errors import OperationFailed, RestoreFailed, Unsupported
+from lxc_cr.errors import OperationFailed, Refused, RestoreFailed, Unsupported
 from lxc_cr.image.kinds import record_kind
 from lxc_cr.kernel import netlink
 from lxc_cr.resources.records_common import Str
@@ -310,10 +310,12 @@ def _read_sysctls(out: dict, prefix: str, entries) -> None:
             os.close(fd)
 
 
-def _fresh_sysctls(devices) -> dict[str, str]:
+def _fresh_sysctls() -> dict[str, str]:
+    """The sysctls of a net namespace unshared for it (by the calling thread), the
+    defaults a dump compares with: its devices are lo and the conf/all and conf/default."""
     from lxc_cr.kernel import sys as ksys
     ksys.unshare(ksys.CLONE_NEWNET)
-    return read_sysctls(devices)
+    return read_sysctls(["lo"])
 
 
 def sysctl_diff(ours: dict[str, str], fresh: dict[str, str]) -> list[dict]:
@@ -369,9 +371,15 @@ def _nft_tables() -> bool:
 
 # --- check and dump ----------------------------------------------------------------------
 
-def check(root, run_in) -> list[Unsupported]:
+def check(root, run_in, reads=None) -> list[Unsupported]:
+    """``reads``: a Reads whose helper read the devices (else read here, with run_in)."""
+    links = reads.links() if reads is not None else run_in(root.host_pid, ("net",),
+                                                           read_links)
+    return _link_problems(root, links)
+
+
+def _link_problems(root, links) -> list[Unsupported]:
     out = []
-    links = run_in(root.host_pid, ("net",), read_links)
     names = {ln["index"]: ln["name"] for ln, _c in links}
     for ln, conf in links:
         if ln["kind"] in KINDS or ln["name"] in FALLBACK:
@@ -393,8 +401,72 @@ def _read_here() -> tuple:
             read_sysctls([ln["name"] for ln, _c in links]))
 
 
-def dump(ctx, root, run_in) -> None:
-    links, addrs, routes, rules, ours = run_in(root.host_pid, ("net",), _read_here)
+def _read_frozen() -> tuple:
+    """What the dump records of the calling thread's namespace: _read_here's state and the
+    nftables ruleset."""
+    return (*_read_here(), read_nft())
+
+
+def _preload() -> None:
+    for name in MESSAGES:
+        _msg(name)
+
+
+class Reads:
+    """The tree's network state, read beside the dump by a helper in its net namespace
+    (namespaces.Beside), made before the checks.  The helper reads the devices at once,
+    for the check (``links()``), then imports the other message classes and reads the
+    sysctls of a fresh namespace; ``frozen()``, called once the tree is frozen, asks it for
+    what the dump records (``state()``), which the dump takes after the processes'."""
+
+    def __init__(self, host_pid: int):
+        from lxc_cr.resources.namespaces import Beside
+        self.helper = Beside(host_pid, ("net",))
+        for fn in (read_links, _preload, _fresh_sysctls):
+            self.helper.send(fn)
+        self._links = self._state = None
+
+    def links(self) -> list:
+        if self._links is None:
+            self._links = self.helper.take()
+        return self._links
+
+    def frozen(self) -> None:
+        self.helper.send(_read_frozen)
+        self.helper.done()
+
+    def state(self) -> tuple:
+        """(links, addresses, routes, rules, sysctls, nftables ruleset, fresh sysctls)"""
+        if self._state is None:
+            self.links()                               # answers come in the order asked
+            self.helper.take()
+            fresh = self.helper.take()
+            self._state = (*self.helper.take(), fresh)
+        return self._state
+
+    def close(self) -> None:
+        self.helper.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def dump(ctx, root, run_in, reads=None) -> None:
+    """``reads``: a Reads told the tree is frozen (else the state is read here, with
+    run_in).  The devices recorded are checked again: one added between the check and the
+    freeze is refused."""
+    if reads is not None:
+        links, addrs, routes, rules, ours, ruleset, fresh = reads.state()
+    else:
+        links, addrs, routes, rules, ours, ruleset = run_in(root.host_pid, ("net",),
+                                                            _read_frozen)
+        fresh = run_in(os.getpid(), (), _fresh_sysctls)
+    problems = _link_problems(root, links)
+    if problems:
+        raise Refused(problems)
     w = ctx.writer
     from lxc_cr.resources.ns_records import NETLINK
     for ln, _conf in links:
@@ -407,11 +479,8 @@ def dump(ctx, root, run_in) -> None:
         w.add(NET_ROUTE, r)
     for r in rules:
         w.add(NET_RULE, r)
-    devices = [ln["name"] for ln, _c in links]
-    fresh = run_in(os.getpid(), (), _fresh_sysctls, devices)
     for s in sysctl_diff(ours, fresh):
         w.add(NET_SYSCTL, s)
-    ruleset = run_in(root.host_pid, ("net",), read_nft)
     if ruleset:
         w.add(NET_NFT, dict(ruleset=ruleset))
 

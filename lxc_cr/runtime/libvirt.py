@@ -148,23 +148,27 @@ def save(name: str, path: str, uri: str | None = None, verbose: bool = False,
 
 
 def _save(name, path, uri, verbose, after, key=None, tcp_established=False) -> dict:
-    from lxc_cr.dump import dump_tree
-    from lxc_cr.kernel.cgroup import Freezer
-    from lxc_cr.runtime.records import RESTORE_STATE, SOURCE_CONFIG
+    from lxc_cr.kernel.procfs import Proc
+    from lxc_cr.resources import namespaces
     conn = connect(uri)
     dom = lookup(conn, name)
     if not dom.isActive():
         raise VirshError(f"Requested operation is not valid: domain '{name}' is not running")
     pid = _status_init_pid(name, timeout=10)   # libvirt fills it in just after a start
-    extra = [(RESTORE_STATE, dict(state=after))] if after else []
-    xml = dom.XMLDesc(0)
-    progress = _progress_printer() if verbose else None
-    stats = dump_tree(pid, path, leave_running=False, source_kind="libvirt", key=key,
-                      tcp_established=tcp_established,
-                      source_name=name, freezer=Freezer(pid), progress=progress,
-                      extra_records=[(SOURCE_CONFIG, dict(kind="libvirt", name=name,
-                                                           lxcpath=uri or DEFAULT_URI,
-                                                           config=xml))] + extra)
+    # first: its helper imports pyroute2 on the other CPU while this process imports the dump
+    with namespaces.net_reads(Proc(), pid) as net:
+        from lxc_cr.dump import dump_tree
+        from lxc_cr.kernel.cgroup import Freezer
+        from lxc_cr.runtime.records import RESTORE_STATE, SOURCE_CONFIG
+        extra = [(RESTORE_STATE, dict(state=after))] if after else []
+        xml = dom.XMLDesc(0)
+        progress = _progress_printer() if verbose else None
+        stats = dump_tree(pid, path, leave_running=False, source_kind="libvirt", key=key,
+                          tcp_established=tcp_established, net=net,
+                          source_name=name, freezer=Freezer(pid), progress=progress,
+                          extra_records=[(SOURCE_CONFIG, dict(kind="libvirt", name=name,
+                                                               lxcpath=uri or DEFAULT_URI,
+                                                               config=xml))] + extra)
     if progress:
         progress(1, 1)
         print()

@@ -92,23 +92,27 @@ def checkpoint(name: str, directory: str, stop: bool = False, lxcpath: str | Non
 
 def _checkpoint(name, directory, stop, lxcpath, verbose, compress, key=None,
                 tcp_established=False) -> dict:
-    from lxc_cr.dump import dump_tree
-    from lxc_cr.kernel.cgroup import Freezer
-    from lxc_cr.runtime.records import SOURCE_CONFIG
+    from lxc_cr.kernel.procfs import Proc
+    from lxc_cr.resources import namespaces
     c = container(name, lxcpath)
     if not c.running:
         raise OperationFailed(f"{name}: container is not running")
     pid = c.init_pid
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    with open(c.config_file_name) as f:
-        config = f.read()
-    image = os.path.join(directory, IMAGE_NAME)
-    stats = dump_tree(pid, image, leave_running=not stop, compress=compress, key=key,
-                      tcp_established=tcp_established,
-                      source_kind="lxc", source_name=name, freezer=Freezer(pid),
-                      extra_records=[(SOURCE_CONFIG, dict(kind="lxc", name=name,
-                                                           lxcpath=c.get_config_path(),
-                                                           config=config))])
+    # first: its helper imports pyroute2 on the other CPU while this process imports the dump
+    with namespaces.net_reads(Proc(), pid) as net:
+        from lxc_cr.dump import dump_tree
+        from lxc_cr.kernel.cgroup import Freezer
+        from lxc_cr.runtime.records import SOURCE_CONFIG
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        with open(c.config_file_name) as f:
+            config = f.read()
+        image = os.path.join(directory, IMAGE_NAME)
+        stats = dump_tree(pid, image, leave_running=not stop, compress=compress, key=key,
+                          tcp_established=tcp_established, net=net,
+                          source_kind="lxc", source_name=name, freezer=Freezer(pid),
+                          extra_records=[(SOURCE_CONFIG, dict(kind="lxc", name=name,
+                                                               lxcpath=c.get_config_path(),
+                                                               config=config))])
     _copy_config(config, directory)
     from lxc_cr import pending
     if stop and key is None:     # an encrypted image needs its key: no resume on lxc-start

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from lxc_cr.errors import RestoreFailed
+from lxc_cr.errors import Refused, RestoreFailed
 from lxc_cr.image import kinds
 from lxc_cr.kernel import netlink
 from lxc_cr.kernel import sys as ksys
@@ -68,12 +68,13 @@ def target(cleanup_pids, tmp_path):
     return netns_process(cleanup_pids, tmp_path, "")
 
 
-def _dumped(pid: int) -> list[tuple[str, dict]]:
+def _dumped(pid: int, reads=None) -> list[tuple[str, dict]]:
     """(kind name, record) as ns_net.dump writes them for pid's namespace."""
     out = []
     writer = types.SimpleNamespace(add=lambda kind, obj: out.append((kind.name, obj)))
-    ns_net.dump(types.SimpleNamespace(writer=writer), types.SimpleNamespace(host_pid=pid),
-                run_in)
+    ns_net.dump(types.SimpleNamespace(writer=writer),
+                types.SimpleNamespace(host_pid=pid, stat=types.SimpleNamespace(comm="sleep")),
+                run_in, reads)
     return out
 
 
@@ -180,6 +181,29 @@ def _route(**kw) -> tuple[str, dict]:
              metrics=[], multipath=[])
     r.update(kw)
     return "net_route", r
+
+
+def test_reads_beside_record_what_run_in_reads(source):
+    """ns_net.Reads, the helper a dump forks to read the namespace beside it, gives the
+    dump the same records as reading the namespace in place."""
+    in_place = _dumped(source)
+    with ns_net.Reads(source) as reads:
+        assert reads.links() == run_in(source, ("net",), ns_net.read_links)
+        reads.frozen()
+        beside = _dumped(source, reads)
+    assert beside == in_place
+
+
+def test_a_device_added_after_the_check_is_refused_by_the_dump(source):
+    with ns_net.Reads(source) as reads:
+        root = types.SimpleNamespace(host_pid=source, stat=types.SimpleNamespace(comm="sleep"))
+        assert ns_net.check(root, run_in, reads) == []
+        subprocess.run(["nsenter", "-t", str(source), "-n", "ip", "link", "add", "vx0",
+                        "type", "vxlan", "id", "5", "dstport", "4789"], check=True)
+        reads.frozen()
+        with pytest.raises(Refused) as e:
+            _dumped(source, reads)
+    assert str(e.value) == f"pid {source} (sleep) net device vx0: vxlan device: not supported"
 
 
 def test_a_refused_request_names_itself():
