@@ -76,6 +76,7 @@ class RestoreCtx:
         self.host_pids: dict[int, int] = {}      # tree pid -> host pid of restored processes
         self.pidns_target: dict[int, int] = {}   # pid -> its nested init (its own view)
         self.records: dict[str, list] = defaultdict(list)
+        self.net = None                    # ns_net.Rebuild of a manager's container
         self._by_pid: dict[tuple[str, int], list] = defaultdict(list)
         for kind, obj in reader.records() if records is None else records:
             if kind is None:
@@ -111,10 +112,13 @@ def restore_tree(image: str, pidfile: str | None = None, takeover=None,
     credentials must not exceed.  ``accept(header, image)``: raises to refuse an image by
     its header (a manager's adapter: an image of its own kind).  All of these, the
     checksums and the host's compatibility are checked before any process is created."""
+    from contextlib import nullcontext
+
     from lxc_cr import hostcompat, privilege
-    from lxc_cr.image.reader import ImageReader
     t0 = time.monotonic()
-    with ImageReader(image, key=key) as reader:
+    net = _net_rebuild(takeover)       # forked before the imports and checks it overlaps
+    from lxc_cr.image.reader import ImageReader
+    with net or nullcontext(), ImageReader(image, key=key) as reader:
         if accept is not None:
             accept(reader.header, image)
         # every record (checksum, decoding), the index and every block's bounds now; a
@@ -124,6 +128,7 @@ def restore_tree(image: str, pidfile: str | None = None, takeover=None,
         # convert (nothing lost), not here
         records = reader.verify(blocks=False, canonical=False)
         ctx = RestoreCtx(reader, image, records)
+        ctx.net = net
         _validate(ctx)
         hostcompat.check(reader.header, image)
         privilege.check_recorded(ctx.records, image)    # no thread keeps our own root
@@ -182,6 +187,20 @@ def _validate(ctx: RestoreCtx) -> None:
 
 # --- building -----------------------------------------------------------------------------
 
+def _net_rebuild(takeover):
+    """For a manager's container (``takeover``), an ns_net.Rebuild: its helper imports the
+    message classes while this process imports and checks, and rebuilds the net namespace
+    while this process forks the tree.  None for a tree restore (its init rebuilds its
+    namespaces), or when no helper can be forked (rebuilt in place then)."""
+    if takeover is None:
+        return None
+    from lxc_cr.resources import ns_net
+    try:
+        return ns_net.Rebuild()
+    except OSError:
+        return None
+
+
 def _build(ctx: RestoreCtx, takeover=None):
     from lxc_cr.resources import files, memory
     tasks = ctx.records["task"]
@@ -192,13 +211,14 @@ def _build(ctx: RestoreCtx, takeover=None):
         if root.pid != 1:
             raise RestoreFailed(f"{ctx.path}: the recorded root is pid {root.pid}, not a "
                                 f"container's init")
-        from lxc_cr.resources import namespaces, ns_net
-        if "net" in namespaces.own_set(ctx.records):
-            ns_net.preload()             # while the manager starts the container
+        from lxc_cr.resources import namespaces
         init_pid = takeover()
         ctx.created.append(init_pid)
         init = _adopt_init(ctx, init_pid)
         kinds = namespaces.own_set(ctx.records) & {"uts", "ipc", "net"}
+        if "net" in kinds and ctx.net is not None:
+            ctx.net.start(init_pid, ctx.records)     # ready before a process is rebuilt
+            kinds.discard("net")
         namespaces.setup_existing(init_pid, ctx.records, ctx.reader, kinds)
         from lxc_cr.resources import ns_time
         ns_time.check_takeover(ctx.records, init_pid)
@@ -250,6 +270,8 @@ def _build(ctx: RestoreCtx, takeover=None):
             if free is not None:
                 ctx.colo.give([init_pid], free)
             _release_reaper(ctx, by_pid[0])
+        if ctx.net is not None:
+            ctx.net.wait()     # its devices and addresses, before a socket is made
         for live in lives:
             if live.rec.state != "Z":
                 _rebuild(ctx, live)

@@ -247,9 +247,11 @@ def _open_ns(pid: int, kinds: tuple) -> list[tuple[str, int]]:
     return fds
 
 
-def _what(fn, kinds: tuple, pid: int) -> str:
-    return f"{getattr(fn, '__name__', 'helper')} in the {'/'.join(kinds) or 'new'} " \
-           f"namespace of pid {pid}"
+def _what(fn, kinds: tuple, pid: int | None) -> str:
+    name = getattr(fn, '__name__', 'helper')
+    if pid is None:
+        return f"{name} in a helper"
+    return f"{name} in the {'/'.join(kinds) or 'new'} namespace of pid {pid}"
 
 
 def _enter_and_run(fds, fn, args) -> tuple[bool, object]:
@@ -309,7 +311,9 @@ class Beside:
     taking turns with the dump's under one GIL.
 
     ``send(fn, *args)`` queues a call; calls run one after another, in the order sent,
-    each in the namespaces (a call may unshare one: the next enters them again).
+    each in the namespaces (a call may unshare one: the next enters them again).  With
+    ``pid`` None the helper stays in this process's namespaces (a call may setns: the next
+    runs there too).
     ``take()`` returns the result of the oldest call not yet taken, or raises
     OperationFailed naming the call and the namespace, as run_in does.  ``done()`` sends
     the end of the calls, ``close()`` also reaps the helper; it ends by itself when this
@@ -320,10 +324,10 @@ class Beside:
     enters, so it holds no lock, image or intent file of the dump, and takes the default
     action of the signals this process handles."""
 
-    def __init__(self, pid: int, kinds: tuple):
+    def __init__(self, pid: int | None, kinds: tuple = ()):
         self.pid, self.kinds = pid, kinds
         self._asked: list[str] = []
-        fds = _open_ns(pid, kinds)
+        fds = _open_ns(pid, kinds) if pid is not None else []
         req_r, req_w = os.pipe()
         res_r, res_w = os.pipe()
         try:

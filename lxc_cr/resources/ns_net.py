@@ -146,20 +146,10 @@ def _rtnl_dump(msg: str, msg_type: int, family: int = 0) -> list:
     return netlink.rtnl_dump(_msg(msg), msg_type, family)
 
 
-def preload() -> None:
-    """Import the message classes a restore reads and writes with in a thread while this
-    one waits for something else (a manager starting the container: the imports take about
-    15 ms of CPU, the wait none).  An import that fails there is simply done again, and
-    fails, where it is needed."""
-    import threading
-
-    def run():
-        try:
-            for name in MESSAGES:
-                _msg(name)
-        except Exception:             # noqa: BLE001 - see above
-            pass
-    threading.Thread(target=run, name="lxc-cr-preload", daemon=True).start()
+def preload_messages() -> None:
+    """Import the message classes a dump and a restore read and write with (about 15 ms)."""
+    for name in MESSAGES:
+        _msg(name)
 
 
 def _kind(msg) -> str:
@@ -407,11 +397,6 @@ def _read_frozen() -> tuple:
     return (*_read_here(), read_nft())
 
 
-def _preload() -> None:
-    for name in MESSAGES:
-        _msg(name)
-
-
 class Reads:
     """The tree's network state, read beside the dump by a helper in its net namespace
     (namespaces.Beside), made before the checks.  The helper reads the devices at once,
@@ -422,7 +407,7 @@ class Reads:
     def __init__(self, host_pid: int):
         from lxc_cr.resources.namespaces import Beside
         self.helper = Beside(host_pid, ("net",))
-        for fn in (read_links, _preload, _fresh_sysctls):
+        for fn in (read_links, preload_messages, _fresh_sysctls):
             self.helper.send(fn)
         self._links = self._state = None
 
@@ -513,6 +498,61 @@ def restore(records) -> None:
         _add_rule(r)
     for n in records.get("net_nftables", ()):
         load_nft(n.ruleset)
+
+
+RECORDS = ("net_link", "net_link_conf", "net_addr", "net_route", "net_rule", "net_sysctl",
+           "net_nftables")
+
+
+class Rebuild:
+    """The recorded network state rebuilt by a forked helper beside a restore into a
+    manager's container (namespaces.Beside).  Made when the restore starts, the helper
+    imports the message classes while this process checks the image; ``start(pid,
+    records)``, once the manager's init is seized, has it enter the init's net namespace
+    and rebuild there while this process forks the tree; ``wait()`` returns once it is
+    done (RestoreFailed if it failed), before the tree's processes are rebuilt."""
+
+    def __init__(self):
+        from lxc_cr.resources.namespaces import Beside
+        self.helper = Beside(None)
+        self.helper.send(preload_messages)
+        self._started = self._done = False
+
+    def start(self, pid: int, records) -> None:
+        self.helper.send(_restore_in, pid, {k: list(records.get(k, ())) for k in RECORDS})
+        self.helper.done()
+        self._started = True
+
+    def wait(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            self.helper.take()
+            if self._started:
+                self.helper.take()
+        except OperationFailed as e:
+            raise RestoreFailed(str(e)) from None
+
+    def close(self) -> None:
+        self.helper.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _restore_in(pid: int, records) -> None:
+    """restore() in the net namespace of ``pid`` (the helper of Rebuild enters it)."""
+    from lxc_cr.kernel import sys as ksys
+    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        ksys.setns(fd, ksys.CLONE_NEWNET)
+    finally:
+        os.close(fd)
+    restore(records)
 
 
 def _request(msg, msg_type: int, flags: int, what: str, exist_ok: bool = False):

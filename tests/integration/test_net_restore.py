@@ -151,6 +151,26 @@ def test_restore_rebuilds_what_was_dumped(source, target):
     assert after["sysctls"] == ["1", "2"]
 
 
+def test_rebuild_beside_rebuilds_what_was_dumped(source, target):
+    """ns_net.Rebuild, the helper a restore into a manager's container forks to rebuild
+    the net namespace beside it, gives the same namespace as restoring in place."""
+    before = _settled_view(source)
+    with ns_net.Rebuild() as rebuild:
+        rebuild.start(target, _records(_dumped(source)))
+        rebuild.wait()
+    assert _settled_view(target, like=before) == before
+
+
+def test_rebuild_beside_reports_a_refused_request(target):
+    records = _records(LO + [_route(dst="10.240.0.0", dst_len=16, oif=7)])
+    with ns_net.Rebuild() as rebuild:
+        rebuild.start(target, records)
+        with pytest.raises(RestoreFailed) as e:
+            rebuild.wait()
+    assert str(e.value).startswith("_restore_in in a helper: RestoreFailed: ")
+    assert "10.240.0.0/16" in str(e.value), str(e.value)
+
+
 def _in_new_netns(fn, *args):
     """``fn(*args)`` in a thread with a net namespace of its own (gone with the thread)."""
     out = {}
@@ -251,7 +271,7 @@ for name, obj in json.load(sys.stdin):
     kind = kinds.by_name(name)
     records.setdefault(name, []).append(kind.parse(kind.build(obj)))
 ksys.unshare(ksys.CLONE_NEWNET)
-ns_net.preload()
+ns_net.preload_messages()
 ns_net.restore(records)
 print(json.dumps([len(ns_net.read_routes()),
                   sorted(m for m in sys.modules
