@@ -386,14 +386,37 @@ def bench_lxc(work: Path, reps: int) -> dict:
             t, _ = cli(LXC_CHECKPOINT, "-n", name, "-D", d, "-r")
             rows["restore"].append(t)
             time.sleep(0.5)
+        rows["frozen"] = [frozen_size(name, d) for _ in range(3)]
     finally:
         subprocess.run([script, "destroy", name], capture_output=True)
     out = {"name": "lxc-busybox", "runs": rows, "dump_s": med(rows["dump"]),
            "restore_s": med(rows["restore"]), "raw_dump_s": med(rows["raw_dump"])}
     out["dump_ratio"] = out["dump_s"] / out["raw_dump_s"]
-    out["image_over_anon"] = med(rows["image_bytes"]) / med(rows["anon_bytes"])
+    out["image_over_anon"] = med([r["image_bytes"] / r["anon_bytes"] for r in rows["frozen"]])
+    out["image_over_anon_running"] = med(rows["image_bytes"]) / med(rows["anon_bytes"])
     out["image_over_pages"] = med([i / p for i, p in zip(rows["image_bytes"],
                                                          rows["page_bytes"])])
+    return out
+
+
+def frozen_size(name: str, d: Path) -> dict:
+    """The image size against the container's resident anonymous memory, both of one state:
+    the container is frozen (``lxc-freeze``), measured, then checkpointed (the dump freezes
+    it again, which changes nothing) and restored; untimed.  Measured while it runs, the
+    memory is of a moment earlier than the dump's: the counter loop starts a new ``sleep``
+    every 100 ms, and a measurement may see none, or one still starting."""
+    init = int(subprocess.run(["lxc-info", "-n", name, "-pH"], capture_output=True,
+                              text=True, check=True).stdout.strip())
+    shutil.rmtree(d, ignore_errors=True)
+    subprocess.run(["lxc-freeze", "-n", name], check=True, capture_output=True)
+    wl = Workload.__new__(Workload)
+    wl.root = init
+    anon = wl.anon_bytes()
+    cli(LXC_CHECKPOINT, "-n", name, "-D", d, "-s")
+    out = {"anon_bytes": anon, "image_bytes": (d / "lxc-cr.img").stat().st_size,
+           "page_bytes": page_bytes(d / "lxc-cr.img")}
+    cli(LXC_CHECKPOINT, "-n", name, "-D", d, "-r")
+    time.sleep(0.5)
     return out
 
 
@@ -505,10 +528,13 @@ def main() -> int:
               f"touched densely: medians of {len(sp['runs']['dump'])} alternating pairs")
     for r in results:
         if r["name"] == "lxc-busybox":
-            print(f"lxc-busybox: image / its own page data {r['image_over_pages']:.4f} (the "
-                  "record pack and footer); median page data "
-                  f"{med(r['runs']['page_bytes'])} bytes, anonymous memory measured before "
-                  f"the dump {med(r['runs']['anon_bytes'])} bytes")
+            fr = r["runs"]["frozen"]
+            print(f"lxc-busybox: img/anon measured on the frozen container "
+                  f"{r['image_over_anon']:.4f} (anonymous memory "
+                  f"{[f['anon_bytes'] for f in fr]}, page data in the image "
+                  f"{[f['page_bytes'] for f in fr]} bytes); measured while running, before "
+                  f"each timed dump: {r['image_over_anon_running']:.4f}; image / its own "
+                  f"page data in the timed runs {r['image_over_pages']:.4f}")
         if r["name"].endswith("zstd"):
             st = r["runs"]["stats_dump"][0]
             mb = r["runs"]["anon_bytes"][0] / 1e6
