@@ -379,7 +379,10 @@ class Beside:
             pass
         if self._asked:             # a call still running: its answer is not wanted
             os.kill(self.child, signal.SIGKILL)
-        ksys.waitpid(self.child)
+        try:
+            ksys.waitpid(self.child)
+        except ChildProcessError:
+            pass                    # collected by someone else
         self.child = 0
 
     def __enter__(self):
