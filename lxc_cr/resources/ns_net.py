@@ -397,7 +397,20 @@ def _read_frozen() -> tuple:
     return (*_read_here(), read_nft())
 
 
-class Reads:
+class _Beside:
+    """Owns a namespaces.Beside helper (``self.helper``): closed with it, or by ``with``."""
+
+    def close(self) -> None:
+        self.helper.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Reads(_Beside):
     """The tree's network state, read beside the dump by a helper in its net namespace
     (namespaces.Beside), made before the checks.  The helper reads the devices at once,
     for the check (``links()``), then imports the other message classes and reads the
@@ -428,15 +441,6 @@ class Reads:
             fresh = self.helper.take()
             self._state = (*self.helper.take(), fresh)
         return self._state
-
-    def close(self) -> None:
-        self.helper.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def dump(ctx, root, run_in, reads=None) -> None:
@@ -504,7 +508,7 @@ RECORDS = ("net_link", "net_link_conf", "net_addr", "net_route", "net_rule", "ne
            "net_nftables")
 
 
-class Rebuild:
+class Rebuild(_Beside):
     """The recorded network state rebuilt by a forked helper beside a restore into a
     manager's container (namespaces.Beside).  Made when the restore starts, the helper
     imports the message classes while this process checks the image; ``start(pid,
@@ -533,15 +537,6 @@ class Rebuild:
                 self.helper.take()
         except OperationFailed as e:
             raise RestoreFailed(str(e)) from None
-
-    def close(self) -> None:
-        self.helper.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _restore_in(pid: int, records) -> None:
