@@ -5,7 +5,9 @@ rules and two sysctls is dumped by ns_net.dump, its records go through their kin
 encoding as an image would carry them, and ns_net.restore rebuilds them in a fresh
 namespace: ``ip`` must show the same devices, addresses, routes and rules in both.  A
 refused request names itself, and a restore never imports pyroute2's IPRoute (nor the
-asyncio under it)."""
+asyncio under it).  The forked helpers that read the namespace beside a dump
+(ns_net.Reads) and rebuild it beside a restore (ns_net.Rebuild) give the same records and
+the same namespace; a device added after the check is refused by the dump."""
 
 from __future__ import annotations
 
