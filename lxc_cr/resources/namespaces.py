@@ -396,6 +396,10 @@ def _serve(fds, req: int, res: int) -> None:
     """The helper of Beside: answer each call, run in the namespaces, until the end of
     file.  Never returns."""
     try:
+        import gc
+        # the forking process's uncollected garbage stays so: a file object among it,
+        # finalized here, would close a descriptor number that a call has reused
+        gc.freeze()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         keep = {req, res, *(fd for _k, fd in fds)}
