@@ -44,13 +44,15 @@ def own_kinds(proc, host_pid: int) -> dict[str, tuple[int, bool]]:
     return out
 
 
-def net_reads(proc, host_pid: int):
+def net_reads(host_pid: int):
     """A context manager giving an ns_net.Reads for a tree in a net namespace of its own,
     and closing it; None when the tree shares ours, or when no helper can be forked (check
     and dump then read the namespace in place)."""
     from contextlib import nullcontext
 
+    from lxc_cr.kernel.procfs import Proc
     from lxc_cr.resources import ns_net
+    proc = Proc()
     try:
         if proc.ns(host_pid, "net") != proc.ns(os.getpid(), "net"):
             return ns_net.Reads(host_pid)
@@ -306,7 +308,7 @@ class Beside:
     """A forked helper in ``kinds`` of pid's namespaces that runs functions while this
     process goes on: the dump of a container asks it for the network state before its
     checks and again once the tree is frozen, and takes each answer where it is needed
-    (ns_net.Reads).  The helper's Python work (pyroute2's import and its decoding of the
+    (ns_net.Reads); a restore has one rebuild the network state (ns_net.Rebuild).  The helper's Python work (pyroute2's import and its decoding of the
     replies, 30-40 ms for a busybox container) then runs on the other CPU instead of
     taking turns with the dump's under one GIL.
 
@@ -315,7 +317,8 @@ class Beside:
     ``pid`` None the helper stays in this process's namespaces (a call may setns: the next
     runs there too).
     ``take()`` returns the result of the oldest call not yet taken, or raises
-    OperationFailed naming the call and the namespace, as run_in does.  ``done()`` sends
+    OperationFailed naming the call and the namespace, as run_in does (``send``'s ``what``
+    names it otherwise).  ``done()`` sends
     the end of the calls, ``close()`` also reaps the helper; it ends by itself when this
     process dies (end of file on its requests).
 
@@ -343,8 +346,8 @@ class Beside:
         self._req = os.fdopen(req_w, "wb")
         self._res = os.fdopen(res_r, "rb")
 
-    def send(self, fn, *args) -> None:
-        self._asked.append(_what(fn, self.kinds, self.pid))
+    def send(self, fn, *args, what: str | None = None) -> None:
+        self._asked.append(what or _what(fn, self.kinds, self.pid))
         try:
             pickle.dump((fn, args), self._req)
             self._req.flush()

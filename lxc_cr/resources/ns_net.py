@@ -523,7 +523,8 @@ class Rebuild(_Beside):
         self._started = self._done = False
 
     def start(self, pid: int, records) -> None:
-        self.helper.send(_restore_in, pid, {k: list(records.get(k, ())) for k in RECORDS})
+        self.helper.send(_restore_in, pid, {k: list(records.get(k, ())) for k in RECORDS},
+                         what=f"rebuild in the net namespace of pid {pid}")
         self.helper.done()
         self._started = True
 

@@ -148,7 +148,6 @@ def save(name: str, path: str, uri: str | None = None, verbose: bool = False,
 
 
 def _save(name, path, uri, verbose, after, key=None, tcp_established=False) -> dict:
-    from lxc_cr.kernel.procfs import Proc
     from lxc_cr.resources import namespaces
     conn = connect(uri)
     dom = lookup(conn, name)
@@ -156,7 +155,7 @@ def _save(name, path, uri, verbose, after, key=None, tcp_established=False) -> d
         raise VirshError(f"Requested operation is not valid: domain '{name}' is not running")
     pid = _status_init_pid(name, timeout=10)   # libvirt fills it in just after a start
     # first: its helper imports pyroute2 on the other CPU while this process imports the dump
-    with namespaces.net_reads(Proc(), pid) as net:
+    with namespaces.net_reads(pid) as net:
         from lxc_cr.dump import dump_tree
         from lxc_cr.kernel.cgroup import Freezer
         from lxc_cr.runtime.records import RESTORE_STATE, SOURCE_CONFIG

@@ -92,14 +92,13 @@ def checkpoint(name: str, directory: str, stop: bool = False, lxcpath: str | Non
 
 def _checkpoint(name, directory, stop, lxcpath, verbose, compress, key=None,
                 tcp_established=False) -> dict:
-    from lxc_cr.kernel.procfs import Proc
     from lxc_cr.resources import namespaces
     c = container(name, lxcpath)
     if not c.running:
         raise OperationFailed(f"{name}: container is not running")
     pid = c.init_pid
     # first: its helper imports pyroute2 on the other CPU while this process imports the dump
-    with namespaces.net_reads(Proc(), pid) as net:
+    with namespaces.net_reads(pid) as net:
         from lxc_cr.dump import dump_tree
         from lxc_cr.kernel.cgroup import Freezer
         from lxc_cr.runtime.records import SOURCE_CONFIG

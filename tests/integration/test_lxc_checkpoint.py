@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from treeutil import children
+from treeutil import exited, tree_pids
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
@@ -67,25 +67,6 @@ def counter_container(lxc_container, label="ct"):
     return ct
 
 
-def host_pids(ct) -> list[int]:
-    """Host pids of the container's init and every descendant."""
-    out, todo = [], [ct.init_pid()]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += children(pid)
-    return out
-
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie (the init may be one until LXC's monitor collects it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-
-
 def lxc_info(ct) -> str:
     r = run("lxc-info", "-n", ct.name, "-P", ct.lxcpath)
     return r.stdout
@@ -97,11 +78,12 @@ def test_lxc_checkpoint_stop_and_restore(lxc_container, tmp_path):
     assert any("syslogd" in cmd for _, cmd in before)
     d = tmp_path / "ckpt"
     pre = counter(ct)
-    pids = host_pids(ct)
+    pids = tree_pids(ct.init_pid())
     r = run(VENV_BIN / "lxc-checkpoint", "-n", ct.name, "-P", ct.lxcpath, "-D", d, "-s")
     assert r.returncode == 0, r.stderr
-    # dead when it returns; LXC's monitor may still be cleaning up, and lxc-info waits for it
-    assert [p for p in pids if alive(p)] == []
+    # dead when it returns (the init may be a zombie until LXC's monitor collects it); the
+    # monitor may still be cleaning up, and lxc-info waits for it
+    assert [p for p in pids if not exited(p)] == []
     assert re.search(r"State:\s+STOPPED", lxc_info(ct))
     at_checkpoint = counter(ct) or pre
     # the file as it is now: empty if the checkpoint froze the shell between its truncation

@@ -169,7 +169,8 @@ def test_rebuild_beside_reports_a_refused_request(target):
         rebuild.start(target, records)
         with pytest.raises(RestoreFailed) as e:
             rebuild.wait()
-    assert str(e.value).startswith("_restore_in in a helper: RestoreFailed: ")
+    assert str(e.value).startswith(f"rebuild in the net namespace of pid {target}: "
+                                   "RestoreFailed: ")
     assert "10.240.0.0/16" in str(e.value), str(e.value)
 
 

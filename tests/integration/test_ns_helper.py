@@ -21,6 +21,7 @@ import pytest
 from lxc_cr.errors import OperationFailed
 from lxc_cr.kernel import sys as ksys
 from lxc_cr.resources.namespaces import Beside, run_in
+from treeutil import exited
 
 pytestmark = pytest.mark.integration
 
@@ -133,14 +134,6 @@ def _boom():
     raise ValueError("no such thing")
 
 
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-
-
 def test_beside_runs_the_calls_in_order_in_the_namespaces(target):
     pid, theirs = target
     mine = ns("/proc/self")
@@ -160,7 +153,7 @@ def test_beside_runs_the_calls_in_order_in_the_namespaces(target):
         assert sorted(v.split(":")[0] for fd, v in files.items() if fd > 2) == \
             ["ipc", "net", "pipe", "pipe", "uts"]
         child = b.child
-    assert _gone(child)
+    assert exited(child)
     with pytest.raises(ChildProcessError):
         os.waitpid(child, os.WNOHANG)                          # reaped by close()
     assert ns("/proc/self") == mine
@@ -189,7 +182,7 @@ def test_beside_close_ends_a_busy_helper(target):
     b.send(time.sleep, 300)
     child = b.child
     b.close()
-    assert _gone(child)
+    assert exited(child)
     with pytest.raises(ChildProcessError):
         os.waitpid(child, os.WNOHANG)
 
@@ -204,10 +197,10 @@ def test_beside_ends_when_its_owner_dies(target, cleanup_pids):
     cleanup_pids.add(owner)
     helper = int(owner.stdout.readline())
     cleanup_pids.add(helper)
-    assert not _gone(helper)
+    assert not exited(helper)
     owner.kill()
     owner.wait()
     deadline = time.monotonic() + 30
-    while not _gone(helper) and time.monotonic() < deadline:
+    while not exited(helper) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert _gone(helper), "the helper outlived its owner"
+    assert exited(helper), "the helper outlived its owner"

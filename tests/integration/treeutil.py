@@ -197,6 +197,14 @@ def gone(pid: int) -> bool:
     return not proc_exists(pid)
 
 
+def exited(pid: int) -> bool:
+    """Gone, or a zombie (exited, not collected yet)."""
+    try:
+        return status(pid)["State"][0] in "ZX"
+    except FileNotFoundError:
+        return True
+
+
 def netns_process(cleanup_pids, tmp_path, script: str) -> int:
     """A sleeping process in a net namespace of its own (``unshare --net``), set up by the
     shell ``script`` first; its pid (``cleanup_pids`` kills it after the test)."""
